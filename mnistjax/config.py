@@ -1,0 +1,99 @@
+"""The settings of a run: one typed dataclass, validated at one point, saved beside its results.
+
+The command-line flags of `experiments/run.py` are generated from these fields,
+so the two can't drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from mnistjax import data, layers, models, optim
+from mnistjax.errors import ConfigError
+
+
+def _field(default, help_text: str):
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Defaults are SPEC S0 (LeNet, SGD lr 0.01 momentum 0.5, batch 64, 5 epochs)."""
+  # Model. None keeps the model's own default.
+  model: str = _field("lenet", "network, one of models.MODELS")
+  activation: str | None = _field(None, "hidden activation: relu, sigmoid, tanh, prelu")
+  dropout: float | None = _field(None, "drop probability after hidden layers (0 = off)")
+  batchnorm: bool | None = _field(None, "BatchNorm after hidden activations")
+  init: str | None = _field(None, "kernel initialiser: " + ", ".join(layers.KERNEL_INITS))
+  # Data.
+  dataset: str = _field("mnist", "mnist or fashion_mnist")
+  data_dir: str | None = _field(None, f"folder with the IDX files (default ${data.ENV_DATA_DIR})")
+  data_source: str = _field("auto", "auto (folder, cache, download) or tfds")
+  normalization: str = _field("auto", "auto (the dataset's preset), estimate, or a preset: "
+                              + ", ".join(data.NORMALIZATIONS))
+  train_limit: int = _field(0, "use only the first N training images (0 = all)")
+  test_limit: int = _field(0, "use only the first N test images (0 = all)")
+  # Optimisation.
+  optimizer: str = _field("sgd", "optimiser: " + ", ".join(optim.OPTIMIZERS))
+  lr: float = _field(0.01, "learning rate")
+  momentum: float = _field(0.5, "SGD momentum (PyTorch semantics)")
+  nesterov: bool = _field(False, "Nesterov momentum")
+  weight_decay: float = _field(0.0, "coupled weight decay, added to the gradient (PyTorch)")
+  epochs: int = _field(5, "training epochs")
+  batch_size: int = _field(64, "training batch size")
+  drop_remainder: bool = _field(False, "drop the last partial training batch of each epoch")
+  seed: int = _field(1, "seed of initialisation, dropout and shuffling")
+  # Evaluation and logging.
+  eval_batch_size: int = _field(500, "evaluation batch size")
+  eval_train: bool = _field(True, "evaluate the full training set after each epoch (as S0)")
+  log_every: int = _field(100, "log the training loss every N steps")
+
+  def replace(self, **changes) -> Config:
+    return dataclasses.replace(self, **changes)
+
+  def model_settings(self) -> dict[str, Any]:
+    return {"activation": self.activation, "dropout": self.dropout,
+            "batchnorm": self.batchnorm, "init_scheme": self.init}
+
+  def validate(self) -> Config:
+    """Raises ConfigError (one line naming the valid choices) for any invalid setting."""
+    def choose(name, value, choices):
+      if value not in choices:
+        raise ConfigError(f"--{name}={value}: choose one of: {', '.join(map(str, choices))}")
+
+    def check(name, ok, requirement):
+      value = getattr(self, name)
+      if not ok(value) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"--{name}={value}: must be {requirement}")
+
+    choose("model", self.model, models.MODELS)
+    choose("dataset", self.dataset, data.DATASETS)
+    choose("data_source", self.data_source, data.DATA_SOURCES)
+    choose("normalization", self.normalization, data.NORMALIZATION_CHOICES)
+    choose("optimizer", self.optimizer, optim.OPTIMIZERS)
+    if self.activation is not None:
+      choose("activation", self.activation, layers.ACTIVATIONS)
+    if self.init is not None:
+      choose("init", self.init, layers.KERNEL_INITS)
+    check("lr", lambda v: v > 0, "> 0")
+    check("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+    check("weight_decay", lambda v: v >= 0, ">= 0")
+    check("epochs", lambda v: v >= 1, ">= 1")
+    check("batch_size", lambda v: v >= 1, ">= 1")
+    check("eval_batch_size", lambda v: v >= 1, ">= 1")
+    check("log_every", lambda v: v >= 1, ">= 1")
+    check("train_limit", lambda v: v >= 0, ">= 0 (0 = all)")
+    check("test_limit", lambda v: v >= 0, ">= 0 (0 = all)")
+    if self.dropout is not None:
+      check("dropout", lambda v: 0 <= v <= 1, "a drop probability in [0, 1]")
+    models.build(self.model, **self.model_settings())  # a setting the model lacks
+    return self
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def fields() -> tuple[dataclasses.Field, ...]:
+  return dataclasses.fields(Config)

@@ -1,0 +1,413 @@
+"""MNIST and Fashion-MNIST as uint8 arrays, from local IDX files, a cache or a verified download.
+
+Sources, in order: a directory named by `data_dir` or `$MNISTJAX_DATA_DIR`
+(authoritative: when it is set, nothing else is tried); the user cache
+(`$MNISTJAX_CACHE_DIR`, else `$XDG_CACHE_HOME/mnistjax`, else
+`~/.cache/mnistjax`); a download into that cache from the mirrors that
+tensorflow-datasets uses, checked against their sha256 and size. With
+`source="tfds"` the data comes through tensorflow-datasets instead.
+
+Images stay uint8 (N x 28 x 28) in memory; `normalize` turns a batch into
+float32 inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnistjax.errors import ConfigError, DataError
+
+ENV_DATA_DIR = "MNISTJAX_DATA_DIR"
+ENV_CACHE_DIR = "MNISTJAX_CACHE_DIR"
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+  name: str  # e.g. "train-images-idx3-ubyte.gz"
+  size: int
+  sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  mirrors: tuple[str, ...]
+  files: tuple[RemoteFile, ...]
+  class_names: tuple[str, ...]
+
+
+# Mirrors, sizes and sha256 as published in tensorflow-datasets' url_checksums/.
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        mirrors=("https://storage.googleapis.com/cvdf-datasets/mnist/",),
+        files=(
+            RemoteFile("train-images-idx3-ubyte.gz", 9912422,
+                       "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+            RemoteFile("train-labels-idx1-ubyte.gz", 28881,
+                       "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+            RemoteFile("t10k-images-idx3-ubyte.gz", 1648877,
+                       "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+            RemoteFile("t10k-labels-idx1-ubyte.gz", 4542,
+                       "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+        ),
+        class_names=tuple(str(i) for i in range(10)),
+    ),
+    "fashion_mnist": DatasetInfo(
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        files=(
+            RemoteFile("train-images-idx3-ubyte.gz", 26421880,
+                       "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+            RemoteFile("train-labels-idx1-ubyte.gz", 29515,
+                       "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+            RemoteFile("t10k-images-idx3-ubyte.gz", 4422102,
+                       "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+            RemoteFile("t10k-labels-idx1-ubyte.gz", 5148,
+                       "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+        ),
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+}
+
+# split -> (images file, labels file, number of examples), file names without ".gz".
+SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
+}
+
+# (mean, std) of pixels scaled to [0, 1]; "Normalize(m, s)" means (x/255 - m) / s.
+NORMALIZATIONS: dict[str, tuple[float, float]] = {
+    "mnist": (0.1307, 0.3081),
+    "fashion_mnist": (0.2860, 0.3530),
+    "half": (0.5, 0.5),
+    "none": (0.0, 1.0),
+}
+# Besides the presets: "auto" (the dataset's own preset) and "estimate" (from its train set).
+NORMALIZATION_CHOICES = ("auto", "estimate", *NORMALIZATIONS)
+DATA_SOURCES = ("auto", "tfds")
+
+_IDX_UBYTE = 0x08
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split: uint8 images (N x 28 x 28) and uint8 labels (N,)."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, n: int) -> Split:
+    """The first n examples (for quick runs and tests)."""
+    return Split(self.images[:n], self.labels[:n])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  train: Split
+  test: Split
+  source: str  # where the files were read from, for the run's log
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return DATASETS[self.name].class_names
+
+
+# ----------------------------------------------------------------------------
+# IDX files
+
+
+def _open(path: pathlib.Path):
+  return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+  """Reads an IDX file of unsigned bytes (gzip-compressed or not), validating its header and size."""
+  path = pathlib.Path(path)
+  fix = "replace it with the original file (or delete it to download it again)"
+  try:
+    with _open(path) as f:
+      raw = f.read()
+  except FileNotFoundError:
+    raise DataError(f"{path}: file not found") from None
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise DataError(f"{path}: truncated or corrupt gzip file ({e}); {fix}") from None
+  except OSError as e:
+    raise DataError(f"{path}: cannot read ({e}); {fix}") from None
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] not in (1, 3):
+    raise DataError(
+        f"{path}: not an IDX file of unsigned bytes (magic number {raw[:4].hex() or 'missing'}, "
+        f"expected 00000801 or 00000803); {fix}")
+  ndim = raw[3]
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise DataError(f"{path}: truncated IDX header; {fix}")
+  dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  expected = int(np.prod(dims))
+  if len(raw) - header != expected:
+    raise DataError(
+        f"{path}: holds {len(raw) - header} data bytes but its header {dims} promises {expected} "
+        f"(truncated or padded); {fix}")
+  return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_split(images_path, labels_path, expected_count: int | None = None) -> Split:
+  """Reads and cross-checks one split's image and label files."""
+  images, labels = read_idx(images_path), read_idx(labels_path)
+  if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+    raise DataError(f"{images_path}: expected images of shape N x 28 x 28, got {images.shape}; "
+                    "is this an image file?")
+  if labels.ndim != 1:
+    raise DataError(f"{labels_path}: expected a 1-D label file, got shape {labels.shape}; "
+                    "is this a label file?")
+  if len(images) != len(labels):
+    raise DataError(f"{images_path} has {len(images)} images but {labels_path} has "
+                    f"{len(labels)} labels; the two files belong to different splits or datasets")
+  if expected_count is not None and len(labels) != expected_count:
+    raise DataError(f"{labels_path}: {len(labels)} examples, expected {expected_count}; "
+                    "replace the files with the complete originals")
+  if len(labels) and labels.max() >= NUM_CLASSES:
+    raise DataError(f"{labels_path}: label {labels.max()} is out of range 0..{NUM_CLASSES - 1}; "
+                    "replace it with the original file")
+  return Split(images, labels)
+
+
+# ----------------------------------------------------------------------------
+# Where the files are
+
+
+def _check_dataset(name: str) -> DatasetInfo:
+  if name not in DATASETS:
+    raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+  return DATASETS[name]
+
+
+def find_files(directory: pathlib.Path, name: str) -> pathlib.Path | None:
+  """The folder (DIR/<name>/ first, then DIR/) holding all four files of the dataset, if any."""
+  for folder in (directory / name, directory):
+    if all(_find(folder, base) for images, labels, _ in SPLITS.values() for base in (images, labels)):
+      return folder
+  return None
+
+
+def _find(folder: pathlib.Path, base: str) -> pathlib.Path | None:
+  for candidate in (folder / f"{base}.gz", folder / base):
+    if candidate.is_file():
+      return candidate
+  return None
+
+
+def _read_folder(folder: pathlib.Path) -> tuple[Split, Split]:
+  splits = []
+  for images, labels, count in SPLITS.values():
+    splits.append(read_split(_find(folder, images), _find(folder, labels), count))
+  return splits[0], splits[1]
+
+
+def cache_dir() -> pathlib.Path:
+  """The user cache for downloads: $MNISTJAX_CACHE_DIR, $XDG_CACHE_HOME/mnistjax or ~/.cache/mnistjax."""
+  if os.environ.get(ENV_CACHE_DIR):
+    return pathlib.Path(os.environ[ENV_CACHE_DIR]).expanduser()
+  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(base) / "mnistjax"
+
+
+def _file_list() -> str:
+  return ", ".join(f"{images}.gz, {labels}.gz" for images, labels, _ in SPLITS.values())
+
+
+def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source: str = "auto",
+         download: bool = True) -> Dataset:
+  """Loads a dataset as uint8 arrays.
+
+  Args:
+    name: "mnist" or "fashion_mnist".
+    data_dir: folder with the four IDX files (in it or in `<data_dir>/<name>/`);
+      defaults to $MNISTJAX_DATA_DIR. When given, it is the only place looked at.
+    source: "auto" (local folder, cache, download) or "tfds".
+    download: whether "auto" may download into the cache.
+
+  Returns:
+    The dataset, with `source` saying where it came from.
+
+  Raises:
+    DataError: files missing, corrupt or inconsistent; the message names the fix.
+  """
+  _check_dataset(name)
+  if source not in DATA_SOURCES:
+    raise ConfigError(f"unknown data source {source!r}; choose one of: {', '.join(DATA_SOURCES)}")
+  data_dir = data_dir or os.environ.get(ENV_DATA_DIR) or None
+  if source == "tfds":
+    return _load_tfds(name, data_dir)
+  if data_dir is not None:
+    directory = pathlib.Path(data_dir).expanduser()
+    if not directory.is_dir():
+      raise DataError(f"data directory {directory} does not exist; point --data_dir or "
+                      f"${ENV_DATA_DIR} at a folder holding the {name} IDX files "
+                      f"({_file_list()}), in it or in a {name}/ subfolder")
+    folder = find_files(directory, name)
+    if folder is None:
+      raise DataError(f"no complete {name} dataset in {directory} or {directory / name}; "
+                      f"expected {_file_list()} (.gz or uncompressed)")
+    return Dataset(name, *_read_folder(folder), source=str(folder))
+  folder = cache_dir() / name
+  if find_files(folder, name) is None:
+    if not download:
+      raise DataError(f"{name} is not in the cache {folder} and downloads are off; "
+                      f"set ${ENV_DATA_DIR} to a folder holding {_file_list()}")
+    download_dataset(name, folder)
+  return Dataset(name, *_read_folder(folder), source=str(folder))
+
+
+# ----------------------------------------------------------------------------
+# Downloads
+
+
+def download_file(url: str, dest: pathlib.Path, size: int, sha256: str, timeout: float = 60.0) -> None:
+  """Downloads url to dest, verifying size and sha256; dest appears only if both match."""
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  digest, received = hashlib.sha256(), 0
+  fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+  tmp = pathlib.Path(tmp_name)
+  try:
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+      while chunk := response.read(1 << 20):
+        digest.update(chunk)
+        received += len(chunk)
+        out.write(chunk)
+      out.flush()
+      os.fsync(out.fileno())
+    if received != size or digest.hexdigest() != sha256:
+      raise DataError(f"{url}: downloaded {received} bytes with sha256 {digest.hexdigest()}, "
+                      f"expected {size} bytes with sha256 {sha256}; the mirror served a bad file, "
+                      "try again later or copy the original files by hand")
+    os.replace(tmp, dest)  # atomic: a half-written file never carries the final name
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def download_dataset(name: str, folder: pathlib.Path, mirrors: tuple[str, ...] | None = None) -> None:
+  """Downloads the four files of a dataset into folder, trying each mirror in turn."""
+  info = _check_dataset(name)
+  for remote in info.files:
+    dest = folder / remote.name
+    if dest.is_file():
+      continue
+    errors = []
+    for mirror in mirrors or info.mirrors:
+      try:
+        download_file(mirror + remote.name, dest, remote.size, remote.sha256)
+        break
+      except (urllib.error.URLError, OSError) as e:
+        errors.append(f"{mirror}: {getattr(e, 'reason', e)}")
+    else:
+      raise DataError(
+          f"cannot download {remote.name} ({'; '.join(errors)}); on a machine without internet, "
+          f"copy {_file_list()} into a folder and set ${ENV_DATA_DIR}=FOLDER (or pass --data_dir)")
+
+
+def _load_tfds(name: str, data_dir) -> Dataset:
+  """Loads through tensorflow-datasets, offline from data_dir's .gz files when given."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise DataError("--data_source=tfds needs tensorflow-datasets: "
+                    "python -m pip install -e \".[tfds]\"") from None
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise DataError("tensorflow-datasets needs TensorFlow to prepare MNIST (gzip, IDX and PNG go "
+                    "through tf): python -m pip install -e \".[tfds]\", or use the default "
+                    "--data_source=auto, which reads the IDX files directly") from None
+  manual_dir = None
+  if data_dir is not None:
+    manual_dir = find_files(pathlib.Path(data_dir).expanduser(), name)
+  config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
+  arrays = tfds.as_numpy(tfds.load(
+      name, split=["train", "test"], batch_size=-1, as_supervised=True,
+      data_dir=str(cache_dir() / "tfds"), download_and_prepare_kwargs={"download_config": config}))
+  train, test = (Split(images[..., 0].astype(np.uint8), labels.astype(np.uint8))
+                 for images, labels in arrays)
+  return Dataset(name, train, test, source="tfds")
+
+
+# ----------------------------------------------------------------------------
+# Normalisation and batches
+
+
+def normalization(spec: str, dataset: Dataset | None = None) -> tuple[float, float]:
+  """(mean, std) for a normalisation name: a preset, "auto" (the dataset's) or "estimate"."""
+  if spec == "auto":
+    spec = dataset.name if dataset is not None else "mnist"
+  if spec == "estimate":
+    if dataset is None:
+      raise ConfigError("normalization 'estimate' needs the dataset's training set")
+    return estimate_normalization(dataset.train.images)
+  if spec not in NORMALIZATIONS:
+    raise ConfigError(f"unknown normalization {spec!r}; choose one of: "
+                      f"{', '.join(NORMALIZATION_CHOICES)}")
+  return NORMALIZATIONS[spec]
+
+
+def estimate_normalization(images: np.ndarray) -> tuple[float, float]:
+  """Mean and std of the pixels scaled to [0, 1], in float64 for exactness."""
+  pixels = images.reshape(-1)
+  mean = pixels.mean(dtype=np.float64) / 255.0
+  var = np.square(pixels, dtype=np.float64).mean() / 255.0**2 - mean**2
+  return float(mean), float(np.sqrt(var))
+
+
+def normalize(images_BxHxW: jax.Array, mean: float, std: float) -> jax.Array:
+  """uint8 images -> float32 (x/255 - mean)/std with a channel axis (B x H x W x 1)."""
+  scale, shift = 1.0 / (255.0 * std), -mean / std
+  return (images_BxHxW.astype(jnp.float32) * scale + shift)[..., None]
+
+
+def epoch_permutation(shuffle_key: jax.Array, epoch: int, n: int) -> np.ndarray:
+  """The order of the examples in an epoch: a function of the key (from the seed) and epoch only."""
+  return np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n))
+
+
+def train_batches(split: Split, batch_size: int, shuffle_key: jax.Array, epoch: int,
+                  drop_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled batches of one epoch; the last, smaller batch is kept unless drop_remainder."""
+  order = epoch_permutation(shuffle_key, epoch, len(split))
+  stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
+  for start in range(0, stop, batch_size):
+    idx = order[start:start + batch_size]
+    yield {"image": split.images[idx], "label": split.labels[idx].astype(np.int32)}
+
+
+def num_train_steps(n: int, batch_size: int, drop_remainder: bool = False) -> int:
+  return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Batches in order, each example exactly once; the last is padded and masked to a full batch."""
+  batch_size = min(batch_size, len(split))
+  for start in range(0, len(split), batch_size):
+    images = split.images[start:start + batch_size]
+    labels = split.labels[start:start + batch_size].astype(np.int32)
+    n = len(labels)
+    mask = np.ones(batch_size, bool)
+    if n < batch_size:
+      mask[n:] = False
+      images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), np.uint8)])
+      labels = np.concatenate([labels, np.zeros(batch_size - n, np.int32)])
+    yield {"image": images, "label": labels, "mask": mask}

@@ -1,0 +1,13 @@
+"""Errors a user can fix, each reported as one line by the command-line tools."""
+
+
+class MnistjaxError(Exception):
+  """Base class: the message is one line that names the problem and the fix."""
+
+
+class ConfigError(MnistjaxError, ValueError):
+  """A setting has an invalid value (unknown name, out of range)."""
+
+
+class DataError(MnistjaxError):
+  """A dataset file is missing, truncated, corrupt or inconsistent."""

@@ -1,0 +1,179 @@
+"""Building blocks shared by every model: initialisers, convolution, pooling, dropout, activations.
+
+Convolutions in training are written as patches @ kernel on CPU: one matmul
+whose gradient XLA:CPU also runs at matmul speed, where `lax.conv` trains
+slower, and several times slower again under `vmap` or `lax.scan`
+(jax-ml/jax#12868). Forward-only passes (evaluation) and GPU/TPU use
+`lax.conv`. Parameters are the same either way (kernel H x W x I x O, bias O).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mnistjax.errors import ConfigError
+
+Initializer = Callable[..., jax.Array]
+vs = jax.nn.initializers.variance_scaling
+
+# Kernel initialisers by name. "normal" is the untruncated normal, as in PyTorch.
+KERNEL_INITS: dict[str, Initializer] = {
+    # PyTorch's kaiming_uniform(a=sqrt(5)): U(-b, b), b = 1/sqrt(fan_in).
+    "torch_default": vs(1.0 / 3.0, "fan_in", "uniform"),
+    "xavier_normal": vs(1.0, "fan_avg", "normal"),
+    "xavier_uniform": vs(1.0, "fan_avg", "uniform"),
+    "kaiming_normal": vs(2.0, "fan_in", "normal"),
+    "kaiming_uniform": vs(2.0, "fan_in", "uniform"),
+    "lecun_normal": vs(1.0, "fan_in", "normal"),
+}
+
+
+def kernel_init(name: str) -> Initializer:
+  """The kernel initialiser registered under name."""
+  if name not in KERNEL_INITS:
+    raise ConfigError(f"unknown init {name!r}; choose one of: {', '.join(KERNEL_INITS)}")
+  return KERNEL_INITS[name]
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's default bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def bias_init(name: str, fan_in: int) -> Initializer:
+  """"torch" (PyTorch's default, depends on fan_in) or "zeros"."""
+  return torch_bias_init(fan_in) if name == "torch" else jax.nn.initializers.zeros
+
+
+# ----------------------------------------------------------------------------
+# Linear layers
+
+
+def conv_impl(train: bool) -> str:
+  """The faster convolution for this backend: "patches" to train on CPU, else "lax"."""
+  return "patches" if train and jax.default_backend() == "cpu" else "lax"
+
+
+def conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, impl: str = "lax") -> jax.Array:
+  """VALID, stride-1 convolution; impl "patches" (one matmul) or "lax"."""
+  if impl == "lax":
+    return lax.conv_general_dilated(x_BxHxWxI, kernel_KxKxIxO, (1, 1), "VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  kh, kw, ci, co = kernel_KxKxIxO.shape
+  h, w = x_BxHxWxI.shape[1] - kh + 1, x_BxHxWxI.shape[2] - kw + 1
+  # Patch features ordered (i, j, c), matching the kernel's row-major reshape.
+  patches = jnp.concatenate(
+      [x_BxHxWxI[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+  return patches @ kernel_KxKxIxO.reshape(kh * kw * ci, co)
+
+
+class Conv2d(nn.Module):
+  """Square-kernel, stride-1 2-D convolution with symmetric zero padding (NHWC)."""
+  features: int
+  kernel_size: int
+  padding: int = 0
+  kernel_init: Initializer = KERNEL_INITS["torch_default"]
+  bias: str = "torch"  # "torch", "zeros" or "none"
+  impl: str = "lax"  # see conv_impl
+
+  @nn.compact
+  def __call__(self, x_BxHxWxI: jax.Array) -> jax.Array:
+    k, ci = self.kernel_size, x_BxHxWxI.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (k, k, ci, self.features))
+    if self.padding:
+      p = self.padding
+      x_BxHxWxI = jnp.pad(x_BxHxWxI, ((0, 0), (p, p), (p, p), (0, 0)))
+    y = conv2d(x_BxHxWxI, kernel, self.impl)
+    if self.bias != "none":
+      y = y + self.param("bias", bias_init(self.bias, k * k * ci), (self.features,))
+    return y
+
+
+class Dense(nn.Module):
+  """Fully connected layer with a named bias scheme ("torch", "zeros" or "none")."""
+  features: int
+  kernel_init: Initializer = KERNEL_INITS["torch_default"]
+  bias: str = "torch"
+
+  @nn.compact
+  def __call__(self, x_BxI: jax.Array) -> jax.Array:
+    fan_in = x_BxI.shape[-1]
+    y = x_BxI @ self.param("kernel", self.kernel_init, (fan_in, self.features))
+    if self.bias != "none":
+      y = y + self.param("bias", bias_init(self.bias, fan_in), (self.features,))
+    return y
+
+
+# ----------------------------------------------------------------------------
+# Pooling, dropout, normalisation, activations
+
+
+def max_pool(x_BxHxWxC: jax.Array, window: int, stride: int | None = None) -> jax.Array:
+  """Max pooling, VALID; non-overlapping windows that tile the input use a reshape (fast on CPU)."""
+  stride = stride or window
+  b, h, w, c = x_BxHxWxC.shape
+  if stride == window and h % window == 0 and w % window == 0:
+    return x_BxHxWxC.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
+  return nn.max_pool(x_BxHxWxC, (window, window), strides=(stride, stride))
+
+
+class Dropout(nn.Module):
+  """Inverted dropout with drop probability `rate`, which may be a traced value (for sweeps).
+
+  rate 1.0 gives exact zeros and zero gradients, never NaN.
+  """
+  rate: float | jax.Array
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if not train or (isinstance(self.rate, (int, float)) and self.rate == 0):
+      return x
+    keep = 1.0 - jnp.asarray(self.rate, x.dtype)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    scale = jnp.where(keep > 0, 1.0 / jnp.maximum(keep, 1e-12), 0.0)
+    return jnp.where(mask, x * scale, 0.0)
+
+
+def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+  """BatchNorm as PyTorch's default: momentum 0.1 in PyTorch's terms (0.9 in Flax's), eps 1e-5.
+
+  Flax keeps the biased running variance where PyTorch keeps the unbiased one
+  (a factor n/(n-1) of the batch's n values per channel).
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class PReLU(nn.Module):
+  """PReLU with one learnable slope (a scalar, as PyTorch's default nn.PReLU())."""
+  init_slope: float = 0.25
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    slope = self.param("slope", jax.nn.initializers.constant(self.init_slope), ())
+    return jnp.where(x >= 0, x, slope * x)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array] | None] = {
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "prelu": None,  # has a parameter: built per use by `activation`
+}
+
+
+def activation(name: str, parent_name: str | None = None) -> Callable[[jax.Array], jax.Array]:
+  """The activation function by name; "prelu" makes a PReLU submodule (call inside a compact method)."""
+  if name not in ACTIVATIONS:
+    raise ConfigError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+  return PReLU(name=parent_name) if name == "prelu" else ACTIVATIONS[name]

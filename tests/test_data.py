@@ -1,0 +1,268 @@
+"""The data layer: IDX parsing and validation, sources, verified downloads, batches."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import fake_split, idx_bytes, write_dataset, write_idx
+from mnistjax import data
+from mnistjax.errors import ConfigError, DataError
+
+
+# ----------------------------------------------------------------------------
+# IDX files
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_read_idx_round_trips_images_and_labels(tmp_path, suffix):
+  images, labels = fake_split(7)
+  got_images = data.read_idx(write_idx(tmp_path / f"images{suffix}", images))
+  got_labels = data.read_idx(write_idx(tmp_path / f"labels{suffix}", labels))
+  assert got_images.dtype == np.uint8 and got_images.shape == (7, 28, 28)
+  np.testing.assert_array_equal(got_images, images)
+  np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+  path = write_idx(tmp_path / "images.gz", fake_split(50)[0])
+  path.write_bytes(path.read_bytes()[:-1000])
+  with pytest.raises(DataError, match=r"images\.gz: truncated or corrupt gzip") as e:
+    data.read_idx(path)
+  assert "\n" not in str(e.value)
+
+
+def test_wrong_magic_number(tmp_path):
+  raw = bytearray(idx_bytes(fake_split(3)[0]))
+  raw[2] = 0x0D  # float data instead of unsigned bytes
+  path = tmp_path / "images"
+  path.write_bytes(bytes(raw))
+  with pytest.raises(DataError, match=r"images: not an IDX file .*magic number 00000d03"):
+    data.read_idx(path)
+
+
+def test_truncated_uncompressed_payload(tmp_path):
+  path = write_idx(tmp_path / "images", fake_split(3)[0])
+  path.write_bytes(path.read_bytes()[:-5])
+  with pytest.raises(DataError, match=r"holds 2347 data bytes but its header \(3, 28, 28\)"):
+    data.read_idx(path)
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(DataError, match="file not found"):
+    data.read_idx(tmp_path / "nothing.gz")
+
+
+def test_images_and_labels_of_different_length(tmp_path):
+  images, labels = fake_split(5)
+  with pytest.raises(DataError, match="has 5 images but .* has 4 labels"):
+    data.read_split(write_idx(tmp_path / "i", images), write_idx(tmp_path / "l", labels[:4]))
+
+
+def test_label_out_of_range(tmp_path):
+  images, labels = fake_split(5)
+  labels[2] = 10
+  with pytest.raises(DataError, match="label 10 is out of range 0..9"):
+    data.read_split(write_idx(tmp_path / "i", images), write_idx(tmp_path / "l", labels))
+
+
+def test_swapped_files_are_caught_by_their_dimensions(tmp_path):
+  images, labels = fake_split(5)
+  i, l = write_idx(tmp_path / "i", images), write_idx(tmp_path / "l", labels)
+  with pytest.raises(DataError, match="expected images of shape N x 28 x 28"):
+    data.read_split(l, i)
+
+
+def test_wrong_item_count(tmp_path):
+  images, labels = fake_split(5)
+  with pytest.raises(DataError, match="5 examples, expected 60000"):
+    data.read_split(write_idx(tmp_path / "i", images), write_idx(tmp_path / "l", labels), 60000)
+
+
+# ----------------------------------------------------------------------------
+# Sources
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_load_from_directory_flat_or_per_dataset(tmp_path, nested):
+  folder = write_dataset(tmp_path / "mnist" if nested else tmp_path, gz=not nested)
+  ds = data.load("mnist", data_dir=tmp_path)
+  assert ds.source == str(folder)
+  assert (len(ds.train), len(ds.test)) == (60000, 10000)
+  assert ds.train.images.dtype == np.uint8 and ds.train.images.shape == (60000, 28, 28)
+  np.testing.assert_array_equal(ds.test.labels, fake_split(10000, seed=10000)[1])
+
+
+def test_environment_variable_names_the_directory(tmp_path, monkeypatch):
+  write_dataset(tmp_path / "fashion_mnist")
+  monkeypatch.setenv(data.ENV_DATA_DIR, str(tmp_path))
+  assert data.load("fashion_mnist").source == str(tmp_path / "fashion_mnist")
+
+
+def test_missing_directory_says_where_to_point(tmp_path):
+  with pytest.raises(DataError, match=rf"{tmp_path / 'absent'} does not exist; point --data_dir "
+                     rf"or \${data.ENV_DATA_DIR}"):
+    data.load("mnist", data_dir=tmp_path / "absent")
+
+
+def test_incomplete_directory_lists_the_files(tmp_path):
+  write_dataset(tmp_path)
+  (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+  with pytest.raises(DataError, match="no complete mnist dataset .* t10k-labels-idx1-ubyte.gz"):
+    data.load("mnist", data_dir=tmp_path)
+
+
+def test_unknown_dataset_lists_the_choices():
+  with pytest.raises(ConfigError, match="choose one of: mnist, fashion_mnist"):
+    data.load("cifar10")
+
+
+def test_cache_is_used_before_downloading(tmp_path, monkeypatch):
+  monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+  monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path))
+  write_dataset(tmp_path / "mnist")
+  monkeypatch.setattr(data, "download_dataset", lambda *a: pytest.fail("downloaded"))
+  assert data.load("mnist").source == str(tmp_path / "mnist")
+
+
+def test_offline_without_data_says_where_to_put_files(tmp_path, monkeypatch):
+  monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+  monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path))
+  unreachable = ("http://127.0.0.1:9/",)  # the discard port: connection refused at once
+  monkeypatch.setattr(data, "DATASETS", {"mnist": data.DATASETS["mnist"].__class__(
+      unreachable, data.DATASETS["mnist"].files, data.DATASETS["mnist"].class_names)})
+  with pytest.raises(DataError, match=rf"cannot download .*set \${data.ENV_DATA_DIR}=FOLDER"):
+    data.load("mnist")
+  assert not list((tmp_path / "mnist").glob("*")), "a failed download left a file behind"
+
+
+def test_tfds_source_without_tensorflow_datasets_says_how_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+  with pytest.raises(DataError, match=r"needs tensorflow-datasets: .*\.\[tfds\]"):
+    data.load("mnist", source="tfds")
+
+
+# ----------------------------------------------------------------------------
+# Verified downloads, served from this machine
+
+
+@pytest.fixture
+def server(tmp_path):
+  """An HTTP server on 127.0.0.1 serving tmp_path/served; yields its base URL."""
+  root = tmp_path / "served"
+  root.mkdir()
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+  handler.log_message = lambda *a: None
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}/", root
+  httpd.shutdown()
+  httpd.server_close()
+
+
+def test_download_verifies_and_saves(server, tmp_path):
+  url, root = server
+  payload = gzip.compress(idx_bytes(fake_split(4)[1]))
+  (root / "labels.gz").write_bytes(payload)
+  dest = tmp_path / "cache" / "labels.gz"
+  data.download_file(url + "labels.gz", dest, len(payload), hashlib.sha256(payload).hexdigest())
+  assert dest.read_bytes() == payload
+  assert [p.name for p in dest.parent.iterdir()] == ["labels.gz"], "temp file left behind"
+
+
+@pytest.mark.parametrize("what", ["sha256", "size"])
+def test_download_rejects_a_wrong_checksum_or_size(server, tmp_path, what):
+  url, root = server
+  payload = b"not the file you are looking for"
+  (root / "labels.gz").write_bytes(payload)
+  sha = hashlib.sha256(payload).hexdigest()
+  size = len(payload)
+  if what == "sha256":
+    sha = "0" * 64
+  else:
+    size += 1
+  dest = tmp_path / "cache" / "labels.gz"
+  with pytest.raises(DataError, match="mirror served a bad file"):
+    data.download_file(url + "labels.gz", dest, size, sha)
+  assert not dest.parent.exists() or not list(dest.parent.iterdir()), "bad bytes kept on disk"
+
+
+def test_download_dataset_fills_the_cache_from_a_mirror(server, tmp_path, monkeypatch):
+  url, root = server
+  write_dataset(root, n_train=6, n_test=4)
+  files = tuple(data.RemoteFile(f.name, (root / f.name).stat().st_size,
+                                hashlib.sha256((root / f.name).read_bytes()).hexdigest())
+                for f in data.DATASETS["mnist"].files)
+  monkeypatch.setitem(data.DATASETS, "mnist", data.DatasetInfo(
+      ("http://127.0.0.1:9/", url), files, data.DATASETS["mnist"].class_names))
+  data.download_dataset("mnist", tmp_path / "cache")  # first mirror refuses; second serves
+  for f in files:
+    assert (tmp_path / "cache" / f.name).read_bytes() == (root / f.name).read_bytes()
+
+
+# ----------------------------------------------------------------------------
+# Normalisation and batches
+
+
+def test_normalization_presets_and_estimate():
+  images = np.array([[[0, 255]]], np.uint8)
+  assert data.estimate_normalization(images) == pytest.approx((0.5, 0.5))
+  assert data.normalization("half") == (0.5, 0.5)
+  assert data.normalization("auto") == (0.1307, 0.3081)
+  with pytest.raises(ConfigError, match="choose one of: auto, estimate"):
+    data.normalization("imagenet")
+
+
+def test_normalize_matches_the_formula():
+  images = np.array([[[0, 51, 255]]], np.uint8)
+  x = np.asarray(data.normalize(images, 0.1307, 0.3081))
+  assert x.shape == (1, 1, 3, 1) and x.dtype == np.float32
+  np.testing.assert_allclose(x[0, 0, :, 0], (images[0, 0] / 255 - 0.1307) / 0.3081, rtol=1e-6)
+
+
+def test_shuffle_depends_only_on_seed_and_epoch():
+  key = jax.random.key(3)
+  a = data.epoch_permutation(key, 1, 1000)
+  np.testing.assert_array_equal(a, data.epoch_permutation(jax.random.key(3), 1, 1000))
+  assert sorted(a) == list(range(1000))
+  assert not np.array_equal(a, data.epoch_permutation(key, 2, 1000))
+  assert not np.array_equal(a, data.epoch_permutation(jax.random.key(4), 1, 1000))
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_train_batches_cover_the_split_once(drop_remainder):
+  images, labels = fake_split(100)
+  split = data.Split(images, labels)
+  batches = list(data.train_batches(split, 32, jax.random.key(0), 1, drop_remainder))
+  sizes = [len(b["label"]) for b in batches]
+  assert sizes == ([32, 32, 32] if drop_remainder else [32, 32, 32, 4])
+  assert len(batches) == data.num_train_steps(100, 32, drop_remainder)
+  seen = np.concatenate([b["image"].reshape(len(b["image"]), -1) for b in batches])
+  assert len(np.unique(seen, axis=0)) == len(seen)
+
+
+def test_eval_batches_score_every_example_exactly_once():
+  images, labels = fake_split(10)
+  batches = list(data.eval_batches(data.Split(images, labels), 4))
+  assert [b["mask"].sum() for b in batches] == [4, 4, 2]
+  assert all(b["image"].shape == (4, 28, 28) for b in batches)
+  kept = np.concatenate([b["label"][b["mask"]] for b in batches])
+  np.testing.assert_array_equal(kept, labels)
+
+
+def test_real_mnist_matches_its_published_label_counts(mnist):
+  assert np.bincount(mnist.train.labels).tolist() == [
+      5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+  assert np.bincount(mnist.test.labels).tolist() == [
+      980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+  mean, std = data.estimate_normalization(mnist.train.images)
+  assert (mean, std) == pytest.approx((0.1307, 0.3081), abs=1e-4)
