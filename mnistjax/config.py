@@ -27,6 +27,8 @@ class Config:
   dropout: float | None = _field(None, "drop probability after hidden layers (0 = off)")
   batchnorm: bool | None = _field(None, "BatchNorm after hidden activations")
   init: str | None = _field(None, "kernel initialiser: " + ", ".join(layers.KERNEL_INITS))
+  input_dropout: float | None = _field(None, "drop probability on the input pixels (MLPs)")
+  prelu_init: float | None = _field(None, "initial PReLU slope (one slope shared by the layers)")
   # Data.
   dataset: str = _field("mnist", "mnist or fashion_mnist")
   data_dir: str | None = _field(None, f"folder with the IDX files (default ${data.ENV_DATA_DIR})")
@@ -55,7 +57,8 @@ class Config:
 
   def model_settings(self) -> dict[str, Any]:
     return {"activation": self.activation, "dropout": self.dropout,
-            "batchnorm": self.batchnorm, "init_scheme": self.init}
+            "batchnorm": self.batchnorm, "init_scheme": self.init,
+            "input_dropout": self.input_dropout, "prelu_init": self.prelu_init}
 
   def validate(self) -> Config:
     """Raises ConfigError (one line naming the valid choices) for any invalid setting."""
@@ -86,8 +89,9 @@ class Config:
     check("log_every", lambda v: v >= 1, ">= 1")
     check("train_limit", lambda v: v >= 0, ">= 0 (0 = all)")
     check("test_limit", lambda v: v >= 0, ">= 0 (0 = all)")
-    if self.dropout is not None:
-      check("dropout", lambda v: 0 <= v <= 1, "a drop probability in [0, 1]")
+    for name in ("dropout", "input_dropout"):
+      if getattr(self, name) is not None:
+        check(name, lambda v: 0 <= v <= 1, "a drop probability in [0, 1]")
     models.build(self.model, **self.model_settings())  # a setting the model lacks
     return self
 

@@ -9,6 +9,7 @@ slower, and several times slower again under `vmap` or `lax.scan`
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -34,10 +35,16 @@ KERNEL_INITS: dict[str, Initializer] = {
 }
 
 
-def kernel_init(name: str) -> Initializer:
-  """The kernel initialiser registered under name."""
+def kernel_init(name: str, linear: bool = False) -> Initializer:
+  """The kernel initialiser registered under name.
+
+  linear=True gives the kaiming schemes the gain of a linear layer (1, not sqrt 2), as
+  PyTorch's kaiming_normal_(nonlinearity="linear") for a network's output layer.
+  """
   if name not in KERNEL_INITS:
     raise ConfigError(f"unknown init {name!r}; choose one of: {', '.join(KERNEL_INITS)}")
+  if linear and name.startswith("kaiming_"):
+    return vs(1.0, "fan_in", name.removeprefix("kaiming_"))
   return KERNEL_INITS[name]
 
 
@@ -120,12 +127,16 @@ class Dense(nn.Module):
 
 
 def max_pool(x_BxHxWxC: jax.Array, window: int, stride: int | None = None) -> jax.Array:
-  """Max pooling, VALID; non-overlapping windows that tile the input use a reshape (fast on CPU)."""
+  """Max pooling, VALID, written as reshapes or strided slices (XLA:CPU's reduce_window and
+  its gradient are slower)."""
   stride = stride or window
   b, h, w, c = x_BxHxWxC.shape
   if stride == window and h % window == 0 and w % window == 0:
     return x_BxHxWxC.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
-  return nn.max_pool(x_BxHxWxC, (window, window), strides=(stride, stride))
+  ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
+  views = [x_BxHxWxC[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+           for i in range(window) for j in range(window)]
+  return functools.reduce(jnp.maximum, views)
 
 
 class Dropout(nn.Module):
@@ -155,25 +166,26 @@ def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
 
 
 class PReLU(nn.Module):
-  """PReLU with one learnable slope (a scalar, as PyTorch's default nn.PReLU())."""
+  """PReLU with one learnable scalar slope; call one instance at several layers to share it."""
   init_slope: float = 0.25
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     slope = self.param("slope", jax.nn.initializers.constant(self.init_slope), ())
-    return jnp.where(x >= 0, x, slope * x)
+    return jnp.where(x > 0, x, slope * x)
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array] | None] = {
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
-    "prelu": None,  # has a parameter: built per use by `activation`
+    "prelu": None,  # has a parameter: built per model by `activation`
 }
 
 
-def activation(name: str, parent_name: str | None = None) -> Callable[[jax.Array], jax.Array]:
-  """The activation function by name; "prelu" makes a PReLU submodule (call inside a compact method)."""
+def activation(name: str, prelu_init: float = 0.25) -> Callable[[jax.Array], jax.Array]:
+  """The activation by name. "prelu" is a PReLU submodule (one slope, shared wherever it is
+  called): create it inside a compact method, once per model."""
   if name not in ACTIVATIONS:
     raise ConfigError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
-  return PReLU(name=parent_name) if name == "prelu" else ACTIVATIONS[name]
+  return PReLU(prelu_init, name="prelu") if name == "prelu" else ACTIVATIONS[name]

@@ -11,7 +11,7 @@ model has BatchNorm.
 from __future__ import annotations
 
 import dataclasses
-import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,51 +21,131 @@ from mnistjax import layers
 from mnistjax.errors import ConfigError
 
 
-class LeNet(nn.Module):
-  """S0: conv 20@5x5, pool, conv 50@5x5, pool, dense 500, dense 10.
+class ConvNet(nn.Module):
+  """Two conv blocks, one hidden dense layer, dense output: LeNet (S0), CNN and CNN2 (S1).
 
-  Each hidden layer is followed by activation, [BatchNorm], [dropout], as in the notebook.
+  Each conv is followed by activation, [BatchNorm], [dropout], max-pool 2; the hidden
+  dense layer by activation, [BatchNorm], [dropout] (the S0 notebook's order).
   """
+  features: tuple[int, ...] = (20, 50)
+  kernel_sizes: tuple[int, ...] = (5, 5)
+  padding: tuple[int, ...] = (0, 0)
+  hidden: int = 500
   activation: str = "relu"
   dropout: float = 0.0  # drop probability after each hidden layer
   batchnorm: bool = False
   init_scheme: str = "torch_default"  # kernel initialiser; biases keep PyTorch's default
+  linear_output_gain: bool = False  # kaiming schemes: gain 1 on the output layer
+  prelu_init: float = 0.25  # with activation "prelu": one slope shared by all hidden layers
   num_classes: int = 10
 
   @nn.compact
   def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
+    act = layers.activation(self.activation, self.prelu_init)
     kinit = layers.kernel_init(self.init_scheme)
-    conv = functools.partial(layers.Conv2d, kernel_init=kinit, impl=layers.conv_impl(train))
 
     def post(x, i):
-      x = layers.activation(self.activation, f"act{i}")(x)
+      x = act(x)
       if self.batchnorm:
         x = layers.batch_norm(train, name=f"bn{i}")(x)
       return layers.Dropout(self.dropout)(x, train)
 
-    x = post(conv(20, 5, name="conv1")(x_BxHxWx1), 1)
-    x = layers.max_pool(x, 2)
-    x = post(conv(50, 5, name="conv2")(x), 2)
-    x = layers.max_pool(x, 2)
+    x = x_BxHxWx1
+    for i, (f, k, p) in enumerate(zip(self.features, self.kernel_sizes, self.padding), 1):
+      conv = layers.Conv2d(f, k, p, kinit, impl=layers.conv_impl(train), name=f"conv{i}")
+      x = layers.max_pool(post(conv(x), i), 2)
     x = x.reshape(x.shape[0], -1)
-    x = post(layers.Dense(500, kernel_init=kinit, name="fc1")(x), 3)
-    logits_BxK = layers.Dense(self.num_classes, kernel_init=kinit, name="fc2")(x)
-    return jax.nn.log_softmax(logits_BxK)
+    x = post(layers.Dense(self.hidden, kinit, name="fc1")(x), len(self.features) + 1)
+    out_init = layers.kernel_init(self.init_scheme, linear=self.linear_output_gain)
+    return jax.nn.log_softmax(layers.Dense(self.num_classes, out_init, name="fc2")(x))
 
 
-# The one list of models: name -> module class.
-MODELS: dict[str, type[nn.Module]] = {
-    "lenet": LeNet,
+class CNN3(nn.Module):
+  """S1's CNN3: conv 5x5 (pad 2) + BatchNorm + activation blocks, pooled after blocks 3 and 4,
+  then dropout and one dense layer."""
+  features: tuple[int, ...] = (16, 32, 64, 128)
+  pools: tuple[tuple[int, int] | None, ...] = (None, None, (2, 2), (3, 1))  # (window, stride)
+  activation: str = "relu"
+  dropout: float = 0.05
+  batchnorm: bool = True
+  init_scheme: str = "torch_default"
+  prelu_init: float = 0.25
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
+    act = layers.activation(self.activation, self.prelu_init)
+    kinit = layers.kernel_init(self.init_scheme)
+    x = x_BxHxWx1
+    for i, (f, pool) in enumerate(zip(self.features, self.pools), 1):
+      x = layers.Conv2d(f, 5, 2, kinit, impl=layers.conv_impl(train), name=f"conv{i}")(x)
+      if self.batchnorm:
+        x = layers.batch_norm(train, name=f"bn{i}")(x)
+      x = act(x)
+      if pool:
+        x = layers.max_pool(x, *pool)
+    x = layers.Dropout(self.dropout)(x.reshape(x.shape[0], -1), train)
+    return jax.nn.log_softmax(layers.Dense(self.num_classes, kinit, name="fc")(x))
+
+
+class MLP(nn.Module):
+  """Fully connected net on flattened images: mlp_small (S2) and mlp_deep (S4).
+
+  Dropout rates are drop probabilities; the S2 notebook's keep probabilities 0.8 (input)
+  and 0.7 (hidden) are input_dropout=0.2, dropout=0.3.
+  """
+  hidden: tuple[int, ...] = (500, 250, 100)
+  activation: str = "relu"
+  bias: str = "zeros"  # "zeros", "torch" or "none"
+  init_scheme: str = "xavier_uniform"
+  input_dropout: float = 0.0
+  dropout: float = 0.0  # after each hidden layer
+  prelu_init: float = -0.1  # with activation "prelu": one slope shared by all hidden layers
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
+    act = layers.activation(self.activation, self.prelu_init)
+    kinit = layers.kernel_init(self.init_scheme)
+    x = layers.Dropout(self.input_dropout)(x_BxHxWx1.reshape(x_BxHxWx1.shape[0], -1), train)
+    for i, h in enumerate(self.hidden, 1):
+      x = act(layers.Dense(h, kinit, self.bias, name=f"fc{i}")(x))
+      x = layers.Dropout(self.dropout)(x, train)
+    out = layers.Dense(self.num_classes, kinit, self.bias, name=f"fc{len(self.hidden) + 1}")
+    return jax.nn.log_softmax(out(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  module: type[nn.Module]
+  defaults: dict[str, Any]
+  description: str
+
+
+# The one list of models: name -> module and the settings that make it the notebook's net.
+MODELS: dict[str, ModelSpec] = {
+    "lenet": ModelSpec(ConvNet, {}, "S0 LeNet: conv 20@5, conv 50@5, dense 500"),
+    "cnn": ModelSpec(ConvNet, dict(
+        features=(16, 32), kernel_sizes=(5, 3), hidden=128, init_scheme="kaiming_normal",
+        linear_output_gain=True), "S1 CNN: conv 16@5, conv 32@3, dense 128"),
+    "cnn2": ModelSpec(ConvNet, dict(
+        features=(32, 64), kernel_sizes=(5, 5), padding=(2, 2), hidden=256,
+        init_scheme="kaiming_normal", linear_output_gain=True),
+        "S1 CNN2: conv 32@5 pad 2, conv 64@5 pad 2, dense 256"),
+    "cnn3": ModelSpec(CNN3, {}, "S1 CNN3: 4 x (conv 5 pad 2, BN, relu), dropout 0.05"),
+    "mlp_small": ModelSpec(MLP, dict(hidden=(50, 50), bias="none", init_scheme="xavier_normal"),
+                           "S2 MLP 784-50-50-10, no biases"),
+    "mlp_deep": ModelSpec(MLP, {}, "S4 MLP 784-500-250-100-10"),
 }
 
 
 def options(name: str) -> tuple[str, ...]:
-  """The settings a model accepts (its dataclass fields)."""
-  return tuple(f.name for f in dataclasses.fields(_lookup(name))
+  """The settings a model accepts (its module's dataclass fields)."""
+  return tuple(f.name for f in dataclasses.fields(_lookup(name).module)
                if f.name not in ("parent", "name"))
 
 
-def _lookup(name: str) -> type[nn.Module]:
+def _lookup(name: str) -> ModelSpec:
   if name not in MODELS:
     raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
   return MODELS[name]
@@ -73,13 +153,13 @@ def _lookup(name: str) -> type[nn.Module]:
 
 def build(name: str, **settings) -> nn.Module:
   """The model registered under name; settings that are None keep the model's defaults."""
-  cls = _lookup(name)
+  spec = _lookup(name)
   settings = {k: v for k, v in settings.items() if v is not None}
   unknown = sorted(set(settings) - set(options(name)))
   if unknown:
     raise ConfigError(f"model {name!r} has no setting {', '.join(unknown)}; "
                       f"its settings are: {', '.join(options(name))}")
-  return cls(**settings)
+  return spec.module(**{**spec.defaults, **settings})
 
 
 def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
@@ -93,16 +173,17 @@ def count_params(params) -> int:
 
 
 def summary() -> str:
-  """One line per registered model: name, parameter count, output shape for an MNIST batch."""
-  lines = [f"{'model':<12}{'parameters':>12}  {'+ state':>8}  output for (64, 28, 28, 1)"]
+  """One line per registered model: name, parameter count, BatchNorm state, output shape for a
+  batch of 64 MNIST images, description."""
+  lines = [f"{'model':<11}{'parameters':>11}{'+ state':>9}  {'output':<9}  description"]
   for name in MODELS:
     model = build(name)
     x = jax.ShapeDtypeStruct((64, 28, 28, 1), jnp.float32)
     variables = jax.eval_shape(lambda x, m=model: init(m, jax.random.key(0)), x)
     out = jax.eval_shape(lambda v, x, m=model: m.apply(v, x), variables, x)
     state = count_params(variables.get("batch_stats", {}))
-    lines.append(f"{name:<12}{count_params(variables['params']):>12,}  {state:>8,}  "
-                 f"{tuple(out.shape)}")
+    lines.append(f"{name:<11}{count_params(variables['params']):>11,}{state:>9,}  "
+                 f"{str(tuple(out.shape)):<9}  {MODELS[name].description}")
   return "\n".join(lines)
 
 

@@ -1,0 +1,146 @@
+"""Dropout, BatchNorm, PReLU, convolution and pooling invariants."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnistjax import layers, models
+
+
+def dropout(x, rate, train=True, key=0):
+  return layers.Dropout(rate).apply({}, x, train, rngs={"dropout": jax.random.key(key)})
+
+
+def test_dropout_is_the_identity_in_evaluation():
+  x = jax.random.normal(jax.random.key(0), (64, 100))
+  np.testing.assert_array_equal(dropout(x, 0.5, train=False), x)
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.25, 0.5, 0.75])
+def test_dropout_drops_the_rate_and_rescales_the_rest(rate):
+  x = jnp.ones((200, 1000))
+  y = np.asarray(dropout(x, rate))
+  assert abs((y == 0).mean() - rate) < 0.005  # 200k draws: std of the fraction < 0.0012
+  np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-6)
+
+
+def test_dropped_units_get_zero_gradient():
+  x = jax.random.normal(jax.random.key(0), (16, 50)) + 3.0  # no exact zeros in x
+  y = dropout(x, 0.5)
+  grad = jax.grad(lambda x: dropout(x, 0.5).sum())(x)
+  dropped = np.asarray(y == 0)
+  assert dropped.any() and (~dropped).any()
+  assert np.all(np.asarray(grad)[dropped] == 0)
+  np.testing.assert_allclose(np.asarray(grad)[~dropped], 2.0)
+
+
+def test_rate_one_gives_zeros_and_finite_gradients():
+  x = jax.random.normal(jax.random.key(0), (4, 8))
+  np.testing.assert_array_equal(dropout(x, 1.0), 0.0)
+  grad = jax.grad(lambda x, r: dropout(x, r).sum())(x, 1.0)
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad) == 0)
+  model = models.build("lenet", dropout=1.0)
+  variables = models.init(model, jax.random.key(0))
+  logp = model.apply(variables, jnp.ones((2, 28, 28, 1)), train=True,
+                     rngs={"dropout": jax.random.key(1)})
+  assert np.all(np.isfinite(logp))
+
+
+def test_traced_rate_equals_static_rate():
+  x = jax.random.normal(jax.random.key(0), (32, 64))
+  traced = jax.jit(lambda x, r: dropout(x, r))(x, 0.3)
+  np.testing.assert_allclose(traced, dropout(x, 0.3), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# BatchNorm (cnn3 has it by default)
+
+
+@pytest.fixture(scope="module")
+def cnn3():
+  model = models.build("cnn3")
+  return model, models.init(model, jax.random.key(0))
+
+
+def test_batchnorm_running_stats_change_in_training_only(cnn3):
+  model, variables = cnn3
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1)) * 2 + 1
+  _, updated = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
+                           mutable=["batch_stats"])
+  changed = jax.tree.map(lambda a, b: not bool(jnp.allclose(a, b)),
+                         variables["batch_stats"], updated["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+  _, unchanged = model.apply(variables, x, train=False, mutable=["batch_stats"])
+  assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, variables["batch_stats"],
+                                          unchanged["batch_stats"])))
+
+
+def test_batchnorm_momentum_is_pytorchs_point_one():
+  bn = layers.batch_norm(train=True)
+  x = jax.random.normal(jax.random.key(0), (1000, 3)) * 2 + 5
+  variables = bn.init(jax.random.key(1), x)
+  _, updated = bn.apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(updated["batch_stats"]["mean"], 0.1 * x.mean(0), rtol=1e-5)
+
+
+def test_evaluation_output_of_an_example_does_not_depend_on_the_batch(cnn3):
+  model, variables = cnn3
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+  alone = model.apply(variables, x[:1], train=False)
+  together = model.apply(variables, x, train=False)[:1]
+  np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-5)
+  in_training, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)},
+                               mutable=["batch_stats"])
+  assert not np.allclose(in_training[:1], alone, atol=1e-3)  # training does depend on it
+
+
+# ----------------------------------------------------------------------------
+# PReLU
+
+
+@pytest.mark.parametrize("name", ["mlp_small", "lenet"])
+def test_prelu_slope_gets_a_gradient(name):
+  model = models.build(name, activation="prelu")
+  variables = models.init(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
+  labels = jnp.arange(16) % 10
+
+  def loss(params):
+    logp = model.apply({"params": params}, x)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], -1))
+
+  grad = jax.grad(loss)(variables["params"])["prelu"]["slope"]
+  assert np.isfinite(grad) and abs(float(grad)) > 1e-6
+
+
+def test_mlp_small_prelu_starts_at_minus_point_one():
+  params = models.init(models.build("mlp_small", activation="prelu"), jax.random.key(0))
+  assert float(params["params"]["prelu"]["slope"]) == pytest.approx(-0.1)
+  y = layers.PReLU(-0.1).apply({"params": {"slope": jnp.array(-0.1)}}, jnp.array([-2.0, 3.0]))
+  np.testing.assert_allclose(y, [0.2, 3.0])
+
+
+# ----------------------------------------------------------------------------
+# Convolution and pooling
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+def test_patches_convolution_equals_lax_convolution(padding):
+  x = jax.random.normal(jax.random.key(0), (3, 12, 12, 4))
+  conv = layers.Conv2d(6, 5, padding)
+  variables = conv.init(jax.random.key(1), x)
+  fast = layers.Conv2d(6, 5, padding, impl="patches").apply(variables, x)
+  np.testing.assert_allclose(fast, conv.apply(variables, x), rtol=1e-5, atol=1e-5)
+  assert fast.shape == (3, 8 + 2 * padding, 8 + 2 * padding, 6)
+
+
+@pytest.mark.parametrize("window,stride,size", [(2, 2, 24), (3, 1, 14), (2, 2, 7)])
+def test_max_pool_equals_reduce_window(window, stride, size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  np.testing.assert_array_equal(
+      layers.max_pool(x, window, stride),
+      nn.max_pool(x, (window, window), strides=(stride, stride)))
