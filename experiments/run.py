@@ -1,11 +1,13 @@
-"""Trains one run of a study from the command line.
+"""Trains a study of SPEC.md, or any single configuration, from the command line.
 
   python experiments/run.py --model=lenet --activation=sigmoid
-  python experiments/run.py --epochs=1 --workdir=/tmp/lenet
+  python experiments/run.py --study=s1_fashion_cnn3 --epochs=3 --workdir=runs/cnn3
+  python experiments/run.py --list
 
-Every flag is a field of mnistjax.config.Config; flags not given keep its
-defaults (SPEC S0's protocol). Invalid values and unreadable data end the run
-with one line on stderr and exit status 2.
+Every setting is a flag (a field of mnistjax.config.Config). Without --study,
+flags not given keep Config's defaults (SPEC S0's protocol); with it, the
+study's protocol. Bad input ends the run with one line on stderr and exit
+status 2; a diverged run exits 3, Ctrl-C 130, both keeping a resumable workdir.
 """
 
 from __future__ import annotations
@@ -14,18 +16,30 @@ import sys
 
 from absl import app, flags
 
-from mnistjax import cli, train
+from mnistjax import cli, studies, train
 
-flags.DEFINE_string("workdir", None, "write config.json and metrics.jsonl here")
+flags.DEFINE_string("study", None, "a named study of SPEC.md (see --list)")
+flags.DEFINE_string("workdir", None, "write config, metrics, plots and checkpoints here")
+flags.DEFINE_bool("resume", False, "continue from the workdir's last checkpoint")
+flags.DEFINE_bool("list", False, "print the models, optimisers and studies, then exit")
 cli.define_config_flags()
+FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {' '.join(argv[1:])}; settings are given as --name=value")
+  if FLAGS.list:
+    print(cli.listing())
+    return
+  if FLAGS.resume and not FLAGS.workdir:
+    cli.fail("--resume needs the --workdir of the run to continue")
   with cli.user_errors():
-    config = cli.config_from_flags()
-    train.train_and_evaluate(config, workdir=flags.FLAGS.workdir)
+    if FLAGS.study:
+      studies.run(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume)
+    else:
+      config = cli.config_from_flags()
+      train.train_and_evaluate(config, workdir=FLAGS.workdir, resume=FLAGS.resume)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,15 @@ import sys
 from collections.abc import Iterator
 
 from absl import flags
+from absl import logging as absl_logging
 
 from mnistjax import config as config_lib
 from mnistjax.errors import MnistjaxError
+from mnistjax.train import Interrupted, NonFiniteLoss
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
 
 # JAX reports at INFO level that no TPU is present; absl would print it on every run.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -34,26 +38,44 @@ def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                           flag_values=flag_values)
 
 
-def config_from_flags(base: config_lib.Config | None = None,
-                      flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
-  """base (default: Config()) with the flags given on the command line applied, validated."""
-  base = base or config_lib.Config()
-  given = {f.name: flag_values[f.name].value for f in config_lib.fields()
-           if flag_values[f.name].present}
-  return base.replace(**given).validate()
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
+  """Config() with the flags given on the command line applied, validated."""
+  return config_lib.Config().replace(**flag_overrides(flag_values)).validate()
 
 
-def fail(message: str) -> None:
-  """Ends the program with one line on stderr and exit status 2."""
+def listing() -> str:
+  """The models, optimisers and studies, for --list."""
+  from mnistjax import models, optim, studies  # pylint: disable=g-import-not-at-top
+  lines = ["models:"] + [f"  {name:<16}{spec.description}" for name, spec in models.MODELS.items()]
+  lines += ["optimizers:"] + [f"  {name:<16}{', '.join(opt.hparams)}"
+                              for name, opt in optim.OPTIMIZERS.items()]
+  lines += ["studies:"] + [f"  {name:<16}{study.description} ({len(study.variants)} run(s))"
+                           for name, study in studies.STUDIES.items()]
+  return "\n".join(lines)
+
+
+def flag_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
+  """The Config fields given on the command line, by name."""
+  return {f.name: flag_values[f.name].value for f in config_lib.fields()
+          if flag_values[f.name].present}
+
+
+def fail(message: str, status: int = EXIT_USAGE) -> None:
+  """Ends the program with one line on stderr and the exit status (2: bad input)."""
   print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
-  sys.exit(EXIT_USAGE)
+  sys.exit(status)
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-  """Turns errors a user can fix (bad settings, bad data) into one line and exit status 2."""
+  """Turns errors a user can fix into one line: exit status 2 for bad settings or data, 3 for a
+  diverged run, 130 for Ctrl-C."""
   try:
     yield
+  except NonFiniteLoss as e:
+    fail(str(e), EXIT_DIVERGED)
+  except Interrupted as e:
+    fail(str(e), EXIT_INTERRUPTED)
   except MnistjaxError as e:
     fail(str(e))
 
@@ -61,7 +83,10 @@ def user_errors() -> Iterator[None]:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with a one-line error instead of its usage dump."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e).splitlines()[0])
     raise  # unreachable: fail exits
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+  return rest

@@ -43,6 +43,11 @@ class Config:
   momentum: float = _field(0.5, "SGD momentum (PyTorch semantics)")
   nesterov: bool = _field(False, "Nesterov momentum")
   weight_decay: float = _field(0.0, "coupled weight decay, added to the gradient (PyTorch)")
+  alpha: float = _field(0.99, "RMSprop smoothing constant (PyTorch's alpha)")
+  eps: float = _field(1e-8, "RMSprop / Adam epsilon, added after the square root")
+  beta1: float = _field(0.9, "Adam first-moment decay")
+  beta2: float = _field(0.999, "Adam second-moment decay")
+  l2: float = _field(0.0, "L2 penalty in the loss: l2 / (2 m) * sum of squared weights (S4)")
   epochs: int = _field(5, "training epochs")
   batch_size: int = _field(64, "training batch size")
   drop_remainder: bool = _field(False, "drop the last partial training batch of each epoch")
@@ -51,6 +56,7 @@ class Config:
   eval_batch_size: int = _field(500, "evaluation batch size")
   eval_train: bool = _field(True, "evaluate the full training set after each epoch (as S0)")
   log_every: int = _field(100, "log the training loss every N steps")
+  checkpoint: bool = _field(True, "checkpoint every epoch in the workdir (for --resume)")
 
   def replace(self, **changes) -> Config:
     return dataclasses.replace(self, **changes)
@@ -83,6 +89,11 @@ class Config:
     check("lr", lambda v: v > 0, "> 0")
     check("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
     check("weight_decay", lambda v: v >= 0, ">= 0")
+    check("l2", lambda v: v >= 0, ">= 0")
+    check("alpha", lambda v: 0 <= v < 1, "in [0, 1)")
+    check("beta1", lambda v: 0 <= v < 1, "in [0, 1)")
+    check("beta2", lambda v: 0 <= v < 1, "in [0, 1)")
+    check("eps", lambda v: v > 0, "> 0")
     check("epochs", lambda v: v >= 1, ">= 1")
     check("batch_size", lambda v: v >= 1, ">= 1")
     check("eval_batch_size", lambda v: v >= 1, ">= 1")
@@ -97,6 +108,12 @@ class Config:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+  def optimizer_hparams(self) -> dict[str, Any]:
+    """Every optimiser hyperparameter, by the names optim.make takes."""
+    return {"learning_rate": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay, "alpha": self.alpha, "eps": self.eps,
+            "beta1": self.beta1, "beta2": self.beta2}
 
 
 def fields() -> tuple[dataclasses.Field, ...]:

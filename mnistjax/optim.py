@@ -1,5 +1,9 @@
 """Optimisers by name, as optax chains with PyTorch's update semantics.
 
+Weight decay is PyTorch's coupled form for every optimiser: `wd * param` is
+added to the gradient before the optimiser sees it. The S4 notebook's L2
+penalty lives in the loss instead (`l2_penalty`).
+
 Hyperparameters are injected (`optax.inject_hyperparams`): they live in the
 optimiser state as arrays, so a sweep can give each member its own value
 without recompiling.
@@ -7,22 +11,49 @@ without recompiling.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from mnistjax.errors import ConfigError
 
 
 def _sgd(learning_rate, momentum, weight_decay, nesterov=False):
-  # PyTorch SGD(momentum, weight_decay): the decay is added to the gradient before momentum
-  # (coupled L2), buf = momentum * buf + g, p -= lr * buf; optax.trace matches from step one.
+  # PyTorch SGD: buf = momentum * buf + g (buf = g at the first step), p -= lr * buf;
+  # optax.trace starts from zeros, which gives the same first step.
   return optax.chain(optax.add_decayed_weights(weight_decay),
                      optax.sgd(learning_rate, momentum, nesterov=nesterov))
 
 
-# name -> (constructor, the hyperparameters it takes from the config)
-OPTIMIZERS = {
-    "sgd": (optax.inject_hyperparams(_sgd, static_args=("nesterov",)),
-            ("learning_rate", "momentum", "weight_decay", "nesterov")),
+def _rmsprop(learning_rate, alpha, eps, weight_decay):
+  # PyTorch RMSprop (and the S2 notebook): v = alpha v + (1 - alpha) g^2,
+  # p -= lr g / (sqrt(v) + eps), v starting at zero.
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.rmsprop(learning_rate, decay=alpha, eps=eps, eps_in_sqrt=False))
+
+
+def _adam(learning_rate, beta1, beta2, eps, weight_decay):
+  # PyTorch Adam: bias-corrected moments, eps outside the square root, coupled decay.
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.adam(learning_rate, b1=beta1, b2=beta2, eps=eps))
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  build: Callable[..., optax.GradientTransformation]
+  hparams: tuple[str, ...]  # the Config fields it reads, by the names `build` takes
+  static: tuple[str, ...] = ()  # hyperparameters that change the program, not a value
+
+
+# The one list of optimisers.
+OPTIMIZERS: dict[str, Optimizer] = {
+    "sgd": Optimizer(_sgd, ("learning_rate", "momentum", "weight_decay", "nesterov"),
+                     ("nesterov",)),
+    "rmsprop": Optimizer(_rmsprop, ("learning_rate", "alpha", "eps", "weight_decay")),
+    "adam": Optimizer(_adam, ("learning_rate", "beta1", "beta2", "eps", "weight_decay")),
 }
 
 
@@ -30,5 +61,16 @@ def make(name: str, **hparams) -> optax.GradientTransformation:
   """The optimiser registered under name, built from the hyperparameters it uses."""
   if name not in OPTIMIZERS:
     raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-  build, keys = OPTIMIZERS[name]
-  return build(**{k: hparams[k] for k in keys})
+  spec = OPTIMIZERS[name]
+  missing = [k for k in spec.hparams if k not in hparams]
+  if missing:
+    raise ConfigError(f"optimizer {name!r} needs {', '.join(missing)}")
+  return optax.inject_hyperparams(spec.build, static_args=spec.static)(
+      **{k: hparams[k] for k in spec.hparams})
+
+
+def l2_penalty(params, l2: float | jax.Array, batch_size: int) -> jax.Array:
+  """The S4 notebook's L2 term, l2 / (2 m) * sum of squared weights (kernels, not biases)."""
+  kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+             if "kernel" in jax.tree_util.keystr(path)]
+  return l2 / (2 * batch_size) * sum(jnp.sum(jnp.square(k)) for k in kernels)

@@ -2,12 +2,17 @@
 
 `train_step(state, batch, key) -> (state, metrics)`: the step's dropout key is
 `fold_in(key, state.step)`, so the loop passes one key and never threads keys
-by hand. Images arrive as uint8 and are normalised inside the step.
+by hand. Images arrive as uint8 and are normalised inside the step. Values a
+sweep varies (learning rate and weight decay in the optimiser state, the L2
+coefficient in `state.hparams`) are arrays in the state, not constants of the
+compiled program.
 """
 
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +24,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnistjax import data, models, optim, reporting
+from mnistjax import data, metrics, models, optim, plots, reporting
+from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config
+from mnistjax.errors import MnistjaxError
 
 Batch = dict[str, Any]
+
+
+class NonFiniteLoss(MnistjaxError):
+  """The training loss became NaN or infinite."""
+
+
+class Interrupted(MnistjaxError):
+  """The run was stopped by the user (Ctrl-C) between or inside epochs."""
 
 
 @flax.struct.dataclass
@@ -31,14 +46,17 @@ class TrainState:
   params: Any
   batch_stats: Any  # BatchNorm running statistics ({} for models without BatchNorm)
   opt_state: Any
+  hparams: dict[str, jax.Array]  # loss-side hyperparameters: {"l2": ...}
 
 
-def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+                 l2: float = 0.0) -> TrainState:
   """Initial parameters (from key), BatchNorm statistics and optimiser state."""
   variables = models.init(model, key)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                    hparams={"l2": jnp.asarray(l2, jnp.float32)})
 
 
 def _variables(params, batch_stats) -> dict:
@@ -55,21 +73,25 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: nn.Mod
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on a batch of uint8 images; returns the new state and batch metrics."""
   x = data.normalize(batch["image"], *norm)
+  labels = batch["label"]
   step_key = jax.random.fold_in(key, state.step)
 
   def loss_fn(params):
     logp, updates = model.apply(_variables(params, state.batch_stats), x, train=True,
                                 rngs={"dropout": step_key}, mutable=["batch_stats"])
-    return nll(logp, batch["label"]).mean(), (logp, updates.get("batch_stats", {}))
+    data_loss = nll(logp, labels).mean()
+    loss = data_loss + optim.l2_penalty(params, state.hparams["l2"], labels.shape[0])
+    return loss, (data_loss, logp, updates.get("batch_stats", {}))
 
-  (loss, (logp, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (data_loss, logp, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss,
-             "accuracy": jnp.mean(jnp.argmax(logp, -1) == batch["label"]),
-             "grad_norm": optax.tree.norm(grads)}
+  step_metrics = {"loss": loss, "data_loss": data_loss,
+                  "accuracy": jnp.mean(jnp.argmax(logp, -1) == labels),
+                  "grad_norm": optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                       opt_state=opt_state), metrics
+                       opt_state=opt_state), step_metrics
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, norm: tuple[float, float]
@@ -100,7 +122,7 @@ def evaluate(eval_fn: Callable, state: TrainState, split: data.Split, batch_size
   return result
 
 
-def make_steps(config: Config, model: nn.Module, tx: optax.GradientTransformation,
+def make_steps(model: nn.Module, tx: optax.GradientTransformation,
                norm: tuple[float, float]) -> tuple[Callable, Callable]:
   """The jitted train step (state donated) and eval step of a run."""
   train_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, norm=norm),
@@ -125,65 +147,223 @@ def setup(config: Config, dataset: data.Dataset | None = None):
         dataset.name, dataset.train.take(config.train_limit or len(dataset.train)),
         dataset.test.take(config.test_limit or len(dataset.test)), dataset.source)
   model = models.build(config.model, **config.model_settings())
-  tx = optim.make(config.optimizer, learning_rate=config.lr, momentum=config.momentum,
-                  weight_decay=config.weight_decay, nesterov=config.nesterov)
+  tx = optim.make(config.optimizer, **config.optimizer_hparams())
   norm = data.normalization(config.normalization, dataset)
   return dataset, model, tx, norm
 
 
+def _with_hyperparams(opt_state, source):
+  """opt_state with the injected hyperparameters of source (an optimiser state of the same
+  optimiser)."""
+  return opt_state._replace(hyperparams=source.hyperparams)
+
+
+class _StopRequest:
+  """Turns the first Ctrl-C into a request the loop honours between steps, so that it never
+  lands inside a checkpoint save; a second Ctrl-C interrupts at once."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+    signal.signal(signal.SIGINT, self._previous)
+
+  def check(self):
+    if self.requested:
+      raise KeyboardInterrupt
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
+def _evaluate_epoch(config, eval_fn, state, dataset, epoch, examples_seen) -> dict[str, Any]:
+  record: dict[str, Any] = {"epoch": epoch, "step": int(state.step),
+                            "examples_seen": examples_seen}
+  if config.eval_train:
+    train_eval = evaluate(eval_fn, state, dataset.train, config.eval_batch_size)
+    record.update(train_loss=train_eval["loss"], train_accuracy=train_eval["accuracy"])
+  test_eval = evaluate(eval_fn, state, dataset.test, config.eval_batch_size)
+  record.update(test_loss=test_eval["loss"], test_accuracy=test_eval["accuracy"])
+  return record
+
+
 def train_and_evaluate(config: Config, workdir: str | None = None,
-                       dataset: data.Dataset | None = None,
+                       dataset: data.Dataset | None = None, resume: bool = False,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Trains per config, evaluating after every epoch; returns the last epoch's metrics.
+  """Trains per config, evaluating before training and after every epoch.
 
   Args:
     config: the run's settings (validated here).
-    workdir: where config.json and metrics.jsonl are written (None: nowhere).
+    workdir: where every result is written (None: nowhere, and no checkpoints).
     dataset: data to use instead of loading config.dataset (tests, notebooks).
-    log: where the per-epoch lines go.
+    resume: continue from the workdir's last checkpoint, if it has one.
+    log: where the printed lines go (they are also appended to workdir/log.txt).
 
   Returns:
-    The final epoch's metrics record (as written to metrics.jsonl) plus "state".
+    The summary (as in summary.json) plus "state", the final TrainState.
+
+  Raises:
+    NonFiniteLoss: the loss became NaN/inf; the last good epoch's results are kept.
+    Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept for --resume.
   """
+  wall_start = time.perf_counter()
   dataset, model, tx, norm = setup(config, dataset)
   init_key, dropout_key, shuffle_key = run_keys(config.seed)
-  state = create_state(model, tx, init_key)
-  train_fn, eval_fn = make_steps(config, model, tx, norm)
-  writer = reporting.Workdir(workdir) if workdir else None
-  if writer:
-    writer.write_config(config, model=model, normalization=norm, dataset_source=dataset.source,
-                        num_params=models.count_params(state.params))
+  state = create_state(model, tx, init_key, config.l2)
+  train_fn, eval_fn = make_steps(model, tx, norm)
+  out = reporting.Workdir(workdir, log) if workdir else None
+  log = out.log if out else log
+  ckpt = Checkpoints(out.path / "checkpoints") if out and config.checkpoint else None
+
+  start_epoch, examples_seen = 0, 0
+  if resume and ckpt and ckpt.latest_epoch() is not None:
+    fresh = state
+    state, saved = ckpt.restore(ckpt.latest_epoch(), state)
+    # Hyperparameters come from the config, also where the resumed run's flags changed them.
+    state = state.replace(hparams=fresh.hparams, opt_state=_with_hyperparams(
+        state.opt_state, fresh.opt_state))
+    start_epoch, examples_seen = saved["epoch"], saved["examples_seen"]
+    out.truncate_after(start_epoch, int(state.step))
+    log(f"resumed from the checkpoint of epoch {start_epoch} (step {int(state.step)})")
+  elif out:
+    out.reset()
+  num_params = models.count_params(state.params)
+  if out:
+    out.write_config(config, model=model, normalization=norm, dataset_source=dataset.source,
+                     num_params=num_params)
   log(f"{config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, "
-      f"from {dataset.source}): {models.count_params(state.params):,} parameters, "
-      f"normalization mean {norm[0]:.4f} std {norm[1]:.4f}, {jax.default_backend()} backend")
+      f"from {dataset.source}): {num_params:,} parameters, normalization mean {norm[0]:.4f} "
+      f"std {norm[1]:.4f}, {config.optimizer} lr {config.lr:g}, {jax.default_backend()} backend")
 
   steps_per_epoch = data.num_train_steps(len(dataset.train), config.batch_size,
                                          config.drop_remainder)
-  record: dict[str, Any] = {}
-  for epoch in range(1, config.epochs + 1):
-    start = time.perf_counter()
-    losses, running = [], []
-    with reporting.progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
-      for i, batch in enumerate(data.train_batches(dataset.train, config.batch_size, shuffle_key,
-                                                   epoch, config.drop_remainder)):
-        state, metrics = train_fn(state, batch, dropout_key)
-        losses.append(metrics["loss"])
-        bar.update(1)
-        if (i + 1) % config.log_every == 0 or i + 1 == steps_per_epoch:
-          window = np.asarray(jax.device_get(losses))  # one host sync per log interval
-          running.append(window)
-          losses = []
-          bar.set_postfix(loss=f"{window.mean():.4f}")
-    train_seconds = time.perf_counter() - start
-    record = {"epoch": epoch, "step": int(state.step),
-              "train_loss_running": float(np.concatenate(running).mean())}
-    if config.eval_train:
-      train_eval = evaluate(eval_fn, state, dataset.train, config.eval_batch_size)
-      record.update(train_loss=train_eval["loss"], train_accuracy=train_eval["accuracy"])
-    test_eval = evaluate(eval_fn, state, dataset.test, config.eval_batch_size)
-    record.update(test_loss=test_eval["loss"], test_accuracy=test_eval["accuracy"],
-                  train_seconds=train_seconds, seconds=time.perf_counter() - start)
-    log(reporting.epoch_line(record))
-    if writer:
-      writer.append_metrics(record)
-  return {**record, "state": state}
+  timing = {"compile_seconds": 0.0, "train_seconds": 0.0, "train_images": 0, "shapes": set()}
+  with _StopRequest() as stop:
+    try:
+      if start_epoch == 0:
+        record = _evaluate_epoch(config, eval_fn, state, dataset, 0, 0)
+        log(reporting.epoch_line(record) + "  (untrained)")
+        if out:
+          out.append("metrics.jsonl", record)
+      for epoch in range(start_epoch + 1, config.epochs + 1):
+        start = time.perf_counter()
+        state, examples_seen = _train_epoch(config, train_fn, state, dataset, shuffle_key,
+                                            dropout_key, epoch, steps_per_epoch, examples_seen,
+                                            timing, out, stop)
+        train_seconds = time.perf_counter() - start
+        record = _evaluate_epoch(config, eval_fn, state, dataset, epoch, examples_seen)
+        record.update(train_seconds=train_seconds, seconds=time.perf_counter() - start)
+        log(reporting.epoch_line(record))
+        if out:
+          out.append("metrics.jsonl", record)
+        if ckpt:
+          ckpt.save(epoch, state, {"epoch": epoch, "examples_seen": examples_seen,
+                                   "config": config.to_dict(),
+                                   "dropout_key": np.asarray(jax.random.key_data(
+                                       dropout_key)).tolist()})
+    except KeyboardInterrupt:
+      raise Interrupted(_stopped("interrupted", ckpt, out)) from None
+    except NonFiniteLoss as e:
+      raise NonFiniteLoss(f"{e}; {_stopped('stopped', ckpt, out)}") from None
+    finally:
+      if ckpt:
+        ckpt.close()
+
+  final = evaluate(eval_fn, state, dataset.test, config.eval_batch_size, return_predictions=True)
+  summary = {
+      "final": record, "best_test_accuracy": max(
+          (r["test_accuracy"] for r in out.read("metrics.jsonl")), default=None) if out else None,
+      "num_params": num_params, "wall_seconds": time.perf_counter() - wall_start,
+      "compile_seconds": timing["compile_seconds"],
+      "train_images_per_second": (timing["train_images"] / timing["train_seconds"]
+                                  if timing["train_seconds"] else None),
+      "backend": jax.default_backend(), "devices": len(jax.devices())}
+  if out:
+    _write_results(out, dataset, final["predictions"], summary)
+  log(f"final test accuracy {record['test_accuracy']:.2f}%, wall {summary['wall_seconds']:.1f}s"
+      + (f", results in {out.path}" if out else ""))
+  return {**summary, "state": state}
+
+
+def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epoch,
+                 steps_per_epoch, examples_seen, timing, out, stop):
+  """Trains one epoch; pulls the losses to the host once per log interval."""
+  pending: list[tuple[int, int, jax.Array]] = []  # (step, examples seen, loss on device)
+  batches = data.train_batches(dataset.train, config.batch_size, shuffle_key, epoch,
+                               config.drop_remainder)
+  t_steady, images_steady = time.perf_counter(), 0
+  with reporting.progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
+    for i, batch in enumerate(batches):
+      size = len(batch["label"])
+      compiles = size not in timing["shapes"]  # the first call of each batch shape compiles
+      if compiles:
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        timing["train_seconds"] += t0 - t_steady
+      state, step_metrics = train_fn(state, batch, dropout_key)
+      examples_seen += size
+      pending.append((i + 1 + (epoch - 1) * steps_per_epoch, examples_seen, step_metrics["loss"]))
+      if compiles:  # its time is reported apart from the steady-state throughput
+        jax.block_until_ready(state)
+        timing["shapes"].add(size)
+        timing["compile_seconds"] += time.perf_counter() - t0
+        t_steady = time.perf_counter()
+      else:
+        images_steady += size
+      bar.update(1)
+      stop.check()
+      if (i + 1) % config.log_every == 0 or i + 1 == steps_per_epoch:
+        losses = np.asarray(jax.device_get([loss for _, _, loss in pending]))
+        rows = [{"epoch": epoch, "step": s, "examples_seen": n, "loss": float(v)}
+                for (s, n, _), v in zip(pending, losses)]
+        pending = []
+        if not np.all(np.isfinite(losses)):
+          bad = rows[int(np.argmin(np.isfinite(losses)))]
+          raise NonFiniteLoss(f"the training loss became {bad['loss']} at step {bad['step']} "
+                              f"(epoch {epoch}); lower --lr or check the data")
+        bar.set_postfix(loss=f"{losses.mean():.4f}")
+        if out:
+          out.append("train_log.jsonl", {**rows[-1], "loss": float(losses.mean()),
+                                         "interval": len(rows)})
+  jax.block_until_ready(state)
+  timing["train_seconds"] += time.perf_counter() - t_steady
+  timing["train_images"] += images_steady
+  return state, examples_seen
+
+
+def _stopped(what: str, ckpt: Checkpoints | None, out) -> str:
+  if ckpt is None or ckpt.latest_epoch() is None:
+    return f"{what} before any epoch was saved"
+  ckpt.wait()
+  return (f"{what}; the checkpoint of epoch {ckpt.latest_epoch()} and the metrics up to it are "
+          f"in {out.path}: continue with --resume")
+
+
+def _write_results(out, dataset: data.Dataset, predictions: np.ndarray,
+                   summary: dict[str, Any]) -> None:
+  """summary.json, the classification report, the confusion matrix and the plots."""
+  labels = dataset.test.labels
+  names = dataset.class_names
+  confusion = metrics.confusion_matrix(labels, predictions)
+  report = metrics.classification_report(confusion, names)
+  summary["classification_report"] = report
+  out.write_json("summary.json", summary)
+  out.write_text("classification_report.txt", metrics.format_report(report))
+  out.write_text("confusion_matrix.csv", "true\\predicted," + ",".join(names) + "\n" + "\n".join(
+      f"{name}," + ",".join(map(str, row)) for name, row in zip(names, confusion)) + "\n")
+  epochs = out.read("metrics.jsonl")
+  plots.loss_curves(out.read("train_log.jsonl"), epochs,
+                    out.path / "loss.png")
+  plots.error_curves(epochs, out.path / "error.png")
+  plots.prediction_grid(dataset.test.images, labels, predictions, names,
+                        out.path / "predictions.png")
+  plots.confusion(confusion, names, out.path / "confusion_matrix.png")
+

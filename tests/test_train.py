@@ -1,87 +1,127 @@
-"""The train step: PyTorch's SGD update exactly, learning on real data."""
+"""The train step and the epoch loop: purity, learning, L2, resume, divergence."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+from conftest import fake_split
 from mnistjax import config as config_lib
-from mnistjax import data, models, optim, train
+from mnistjax import data, models, optim, reporting, train
+
+NORM = (0.1307, 0.3081)
 
 
-def torch_sgd(params, grads_per_step, lr, momentum, weight_decay, nesterov=False):
-  """PyTorch's SGD written out (torch/optim/sgd.py), dampening 0."""
-  p, buf = params.copy(), None
-  for g in grads_per_step:
-    g = g + weight_decay * p
-    buf = g.copy() if buf is None else momentum * buf + g
-    p = p - lr * (g + momentum * buf if nesterov else buf)
-  return p
-
-
-@pytest.mark.parametrize("momentum,weight_decay,nesterov",
-                         [(0.0, 0.0, False), (0.5, 0.0, False), (0.9, 0.04, False),
-                          (0.9, 0.01, True)])
-def test_sgd_matches_pytorch(momentum, weight_decay, nesterov):
-  rng = np.random.default_rng(0)
-  p0 = rng.normal(size=5)
-  grads = [rng.normal(size=5) for _ in range(4)]
-  tx = optim.make("sgd", learning_rate=0.1, momentum=momentum, weight_decay=weight_decay,
-                  nesterov=nesterov)
-  p, state = jnp.asarray(p0, jnp.float32), None
-  state = tx.init(p)
-  for g in grads:
-    updates, state = tx.update(jnp.asarray(g, jnp.float32), state, p)
-    p = optax.apply_updates(p, updates)
-  np.testing.assert_allclose(p, torch_sgd(p0, grads, 0.1, momentum, weight_decay, nesterov),
-                             rtol=1e-5, atol=1e-6)
-
-
-def _tiny_setup(**overrides):
+def _parts(**overrides):
   cfg = config_lib.Config(**overrides)
   model = models.build(cfg.model, **cfg.model_settings())
-  tx = optim.make("sgd", learning_rate=cfg.lr, momentum=cfg.momentum, weight_decay=0.0,
-                  nesterov=False)
+  tx = optim.make(cfg.optimizer, **cfg.optimizer_hparams())
   return cfg, model, tx
 
 
+def _batch(n=16, seed=0):
+  images, labels = fake_split(n, seed)
+  return {"image": images, "label": labels.astype(np.int32)}
+
+
+def synthetic(n_train=256, n_test=100) -> data.Dataset:
+  """A learnable toy dataset: the label is written into the image as a bright bar."""
+  def split(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+      images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
+    return data.Split(images, labels)
+  return data.Dataset("mnist", split(n_train, 0), split(n_test, 1), source="synthetic")
+
+
 def test_train_step_is_pure_and_reduces_the_loss():
-  cfg, model, tx = _tiny_setup(lr=0.05, momentum=0.9)
-  train_fn, _ = train.make_steps(cfg, model, tx, (0.1307, 0.3081))
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 28, 28), dtype=np.uint8),
-           "label": rng.integers(0, 10, 16).astype(np.int32)}
-  key = jax.random.key(0)
+  cfg, model, tx = _parts(lr=0.05, momentum=0.9)
+  train_fn, _ = train.make_steps(model, tx, NORM)
+  batch, key = _batch(), jax.random.key(0)
   s1, m1 = train_fn(train.create_state(model, tx, key), batch, key)
   s1b, m1b = train_fn(train.create_state(model, tx, key), batch, key)
   assert float(m1["loss"]) == float(m1b["loss"])  # same inputs, same result
   assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, s1.params, s1b.params)))
-  state, first = s1, float(m1["loss"])
+  state = s1
   for _ in range(20):
     state, metrics = train_fn(state, batch, key)
   assert int(state.step) == 21
-  assert float(metrics["loss"]) < 0.5 * first
+  assert float(metrics["loss"]) < 0.5 * float(m1["loss"])
+  assert train_fn._cache_size() == 1  # pylint: disable=protected-access
 
 
-def test_evaluate_scores_a_partial_last_batch(mnist):
-  cfg, model, tx = _tiny_setup()
+def test_l2_term_enters_the_loss_and_the_gradient():
+  cfg, model, tx = _parts(model="mlp_deep", normalization="none", momentum=0.0)
+  state0 = train.create_state(model, tx, jax.random.key(0), l2=0.8)
+  plain = train.create_state(model, tx, jax.random.key(0), l2=0.0)
+  train_fn, _ = train.make_steps(model, tx, (0.0, 1.0))
+  batch = _batch(8)
+  s_l2, m_l2 = train_fn(state0, batch, jax.random.key(1))
+  s_0, m_0 = train_fn(plain, batch, jax.random.key(1))
+  penalty = 0.8 / (2 * 8) * sum(float(jnp.sum(p["kernel"] ** 2))
+                                for p in models.init(model, jax.random.key(0))["params"].values())
+  np.testing.assert_allclose(m_l2["loss"] - m_0["loss"], penalty, rtol=1e-4)
+  kernel0 = models.init(model, jax.random.key(0))["params"]["fc2"]["kernel"]
+  # The L2 gradient (l2/m) W adds lr * (l2/m) * W of extra shrinkage; biases are untouched.
+  np.testing.assert_allclose(s_0.params["fc2"]["kernel"] - s_l2.params["fc2"]["kernel"],
+                             0.01 * 0.8 / 8 * kernel0, atol=1e-6)
+  np.testing.assert_allclose(s_0.params["fc2"]["bias"], s_l2.params["fc2"]["bias"], atol=1e-7)
+
+
+def test_evaluate_scores_a_partial_last_batch():
+  cfg, model, tx = _parts()
   state = train.create_state(model, tx, jax.random.key(0))
-  _, eval_fn = train.make_steps(cfg, model, tx, (0.1307, 0.3081))
-  split = mnist.test.take(1003)
-  whole = train.evaluate(eval_fn, state, split, 1003, return_predictions=True)
-  parts = train.evaluate(eval_fn, state, split, 100, return_predictions=True)
-  assert len(parts["predictions"]) == 1003
+  _, eval_fn = train.make_steps(model, tx, NORM)
+  split = synthetic(n_test=103).test
+  whole = train.evaluate(eval_fn, state, split, 103, return_predictions=True)
+  parts = train.evaluate(eval_fn, state, split, 10, return_predictions=True)
+  assert len(parts["predictions"]) == 103
   np.testing.assert_array_equal(whole["predictions"], parts["predictions"])
   np.testing.assert_allclose(whole["loss"], parts["loss"], rtol=1e-5)
   assert whole["accuracy"] == parts["accuracy"]
 
 
+def _quiet(**kw):
+  return {"log": lambda line: None, **kw}
+
+
+def test_two_epochs_equal_one_epoch_resumed_for_one_more(tmp_path):
+  # Dropout and BatchNorm so that the RNG stream and the running statistics must resume too.
+  cfg = config_lib.Config(epochs=2, dropout=0.25, batchnorm=True, batch_size=32)
+  ds = synthetic()
+  straight = train.train_and_evaluate(cfg, str(tmp_path / "a"), ds, **_quiet())
+  train.train_and_evaluate(cfg.replace(epochs=1), str(tmp_path / "b"), ds, **_quiet())
+  resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"), ds, resume=True, **_quiet())
+  for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(a, b)
+  epochs = [r["epoch"] for r in
+            reporting.read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+  assert epochs == [0, 1, 2]
+
+
+def test_divergence_stops_and_keeps_the_last_good_epoch(tmp_path):
+  ds = synthetic()
+  cfg = config_lib.Config(epochs=1, log_every=2)
+  train.train_and_evaluate(cfg, str(tmp_path), ds, **_quiet())
+  with pytest.raises(train.NonFiniteLoss, match=r"became (nan|inf) at step \d+ \(epoch 2\).*"
+                     r"checkpoint of epoch 1 .*--resume"):
+    train.train_and_evaluate(cfg.replace(epochs=3, lr=1e30), str(tmp_path), ds, resume=True,
+                             **_quiet())
+  records = [r["epoch"] for r in
+             reporting.read_jsonl(tmp_path / "metrics.jsonl")]
+  assert records == [0, 1]
+  resumed = train.train_and_evaluate(cfg.replace(epochs=2), str(tmp_path), ds, resume=True,
+                                     **_quiet())
+  assert resumed["final"]["epoch"] == 2 and np.isfinite(resumed["final"]["test_loss"])
+
+
 def test_one_epoch_of_lenet_relu_reaches_97_percent(mnist):
   # Momentum 0.9 rather than the notebook's 0.5, which ends epoch 1 at ~96.7% (SPEC S0a).
   cfg = config_lib.Config(activation="relu", epochs=1, momentum=0.9, eval_train=False, seed=0)
-  result = train.train_and_evaluate(cfg, dataset=mnist, log=lambda line: None)
-  assert result["step"] == 938  # 937 full batches and the last 32 examples
-  assert result["test_accuracy"] >= 97.0
+  result = train.train_and_evaluate(cfg, dataset=mnist, **_quiet())
+  assert result["final"]["step"] == 938  # 937 full batches and the last 32 examples
+  assert result["final"]["test_accuracy"] >= 97.0

@@ -1,0 +1,83 @@
+"""The figures a run leaves in its workdir, as PNG (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: pathlib.Path) -> None:
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def loss_curves(train_log: list[dict], epochs: list[dict], path: pathlib.Path) -> None:
+  """Training loss per log interval and test (and train-set) loss per epoch, against examples
+  seen, as the S1 notebook drew them."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  if train_log:
+    ax.plot([r["examples_seen"] for r in train_log], [r["loss"] for r in train_log],
+            color="tab:blue", lw=1, label="train loss (running, training mode)")
+  seen = [r["examples_seen"] for r in epochs]
+  ax.plot(seen, [r["test_loss"] for r in epochs], "o-", color="tab:red", label="test loss")
+  if epochs and "train_loss" in epochs[0]:
+    ax.plot(seen, [r["train_loss"] for r in epochs], "s--", color="tab:green",
+            label="train-set loss (evaluation mode)")
+  ax.set_xlabel("training examples seen")
+  ax.set_ylabel("negative log-likelihood")
+  ax.set_yscale("log")
+  ax.legend()
+  _save(fig, path)
+
+
+def error_curves(epochs: list[dict], path: pathlib.Path) -> None:
+  """Train and test error % per epoch."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  x = [r["epoch"] for r in epochs]
+  ax.plot(x, [100 - r["test_accuracy"] for r in epochs], "o-", label="test error")
+  if epochs and "train_accuracy" in epochs[0]:
+    ax.plot(x, [100 - r["train_accuracy"] for r in epochs], "s--", label="train error")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("error %")
+  ax.set_xticks(x)
+  ax.legend()
+  _save(fig, path)
+
+
+def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                    class_names, path: pathlib.Path, n: int = 36) -> None:
+  """Test images with predicted labels; mistakes in red with the true label."""
+  n = min(n, len(images))
+  cols = 6
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8))
+  for ax, image, label, pred in zip(np.ravel(axes), images[:n], labels[:n], predictions[:n]):
+    ax.imshow(image, cmap="gray")
+    wrong = pred != label
+    title = f"{class_names[pred]}" + (f"\n(true {class_names[label]})" if wrong else "")
+    ax.set_title(title, color="red" if wrong else "black", fontsize=8)
+  for ax in np.ravel(axes):
+    ax.set_axis_off()
+  _save(fig, path)
+
+
+def confusion(counts: np.ndarray, class_names, path: pathlib.Path) -> None:
+  """The confusion matrix, counts written in the cells."""
+  fig, ax = plt.subplots(figsize=(7, 6))
+  im = ax.imshow(counts, cmap="Blues")
+  ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+  ax.set_yticks(range(len(class_names)), class_names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  threshold = counts.max() / 2
+  for (i, j), c in np.ndenumerate(counts):
+    ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
+            color="white" if c > threshold else "black")
+  fig.colorbar(im, ax=ax)
+  _save(fig, path)

@@ -1,0 +1,61 @@
+"""Every study's defaults are its notebook's protocol (SPEC.md); flags override them."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnistjax import studies
+from mnistjax.errors import ConfigError
+
+# SPEC.md, study by study: the settings that make each protocol.
+PROTOCOLS = {
+    "s0": dict(model="lenet", dataset="mnist", optimizer="sgd", lr=0.01, momentum=0.5,
+               batch_size=64, epochs=5, normalization="auto", eval_train=True),
+    "s1": dict(dataset="fashion_mnist", normalization="estimate", optimizer="sgd", lr=0.001,
+               momentum=0.9, weight_decay=0.04, epochs=1, batch_size=64),
+    "s2": dict(model="mlp_small", normalization="half", batch_size=100, optimizer="rmsprop",
+               lr=1e-3, alpha=0.9, eps=1e-8, epochs=100),
+    "s4": dict(model="mlp_deep", normalization="none", optimizer="sgd", lr=0.01, momentum=0.0,
+               batch_size=64, epochs=15),
+}
+
+# What a study changes on purpose (checked in test_variants_are_the_notebook_rows).
+CHANGED = {"s1_lr_wd": ("lr", "weight_decay"), "s4_adam": ("optimizer",)}
+
+
+@pytest.mark.parametrize("name", sorted(studies.STUDIES))
+def test_study_defaults_are_the_notebook_protocol(name):
+  protocol = PROTOCOLS[name[:2]]
+  for _, config in studies.expand(name):
+    for key, value in protocol.items():
+      if key not in CHANGED.get(name, ()):
+        assert getattr(config, key) == value, (name, key)
+
+
+def test_variants_are_the_notebook_rows():
+  assert [c.dropout for _, c in studies.expand("s0_dropout")] == [0.25, 0.5, 0.75, 1.0]
+  assert [c.activation for _, c in studies.expand("s4_activation")] == ["sigmoid", "tanh", "relu"]
+  init = [(c.batchnorm, c.init) for _, c in studies.expand("s0_init")]
+  assert init == [(True, "xavier_normal"), (True, "kaiming_normal"), (False, "xavier_normal")]
+  grid = {(c.lr, c.weight_decay) for _, c in studies.expand("s1_lr_wd")}
+  assert (0.001, 0.04) in grid and len(grid) == 12
+  s2 = dict(studies.expand("s2_prelu"))["base"]
+  assert (s2.activation, s2.prelu_init, s2.input_dropout, s2.dropout) == ("prelu", -0.1, 0.2, 0.3)
+  assert dict(studies.expand("s1_fashion_cnn3"))["base"].model == "cnn3"
+  assert dict(studies.expand("s4_adam"))["base"].optimizer == "adam"
+  assert dict(studies.expand("s4_l2"))["l2=0.8"].l2 == 0.8
+
+
+def test_flags_override_every_variant_and_setting_the_varied_value_leaves_one():
+  runs = studies.expand("s0_activation", {"epochs": 1})
+  assert [name for name, _ in runs] == ["activation=relu", "activation=sigmoid"]
+  assert all(c.epochs == 1 for _, c in runs)
+  (name, config), = studies.expand("s4_activation", {"activation": "relu"})
+  assert name == "base" and config.activation == "relu" and config.epochs == 15
+
+
+def test_bad_study_or_override_is_a_config_error():
+  with pytest.raises(ConfigError, match="unknown study"):
+    studies.expand("s3")
+  with pytest.raises(ConfigError, match="--lr=-1"):
+    studies.expand("s0_activation", {"lr": -1})
