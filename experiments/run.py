@@ -2,6 +2,7 @@
 
   python experiments/run.py --model=lenet --activation=sigmoid
   python experiments/run.py --study=s1_fashion_cnn3 --epochs=3 --workdir=runs/cnn3
+  python experiments/run.py --sweep=dropout=0.25,0.5 --sweep=seed=0,1,2
   python experiments/run.py --list
 
 Every setting is a flag (a field of mnistjax.config.Config). Without --study,
@@ -16,12 +17,15 @@ import sys
 
 from absl import app, flags
 
-from mnistjax import cli, studies, train
+from mnistjax import cli, studies, sweep, train
 
 flags.DEFINE_string("study", None, "a named study of SPEC.md (see --list)")
 flags.DEFINE_string("workdir", None, "write config, metrics, plots and checkpoints here")
 flags.DEFINE_bool("resume", False, "continue from the workdir's last checkpoint")
 flags.DEFINE_bool("list", False, "print the models, optimisers and studies, then exit")
+flags.DEFINE_multi_string("sweep", [], "SETTING=V1,V2,...: train every value together in one "
+                          "compiled program; repeat for a product (settings: "
+                          "dropout, lr, weight_decay, momentum, l2, seed)")
 cli.define_config_flags()
 FLAGS = flags.FLAGS
 
@@ -35,11 +39,13 @@ def main(argv: list[str]) -> None:
   if FLAGS.resume and not FLAGS.workdir:
     cli.fail("--resume needs the --workdir of the run to continue")
   with cli.user_errors():
+    axes = sweep.parse(FLAGS.sweep)
     if FLAGS.study:
-      studies.run(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume)
+      studies.run(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume, sweep=axes)
     else:
       config = cli.config_from_flags()
-      train.train_and_evaluate(config, workdir=FLAGS.workdir, resume=FLAGS.resume)
+      train.train_and_evaluate(config, workdir=FLAGS.workdir, resume=FLAGS.resume,
+                               sweep=axes or None)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,36 @@ def confusion(counts: np.ndarray, class_names, path: pathlib.Path) -> None:
             color="white" if c > threshold else "black")
   fig.colorbar(im, ax=ax)
   _save(fig, path)
+
+
+def sweep(records: list[dict], axes: dict[str, tuple], folder: pathlib.Path) -> None:
+  """sweep_accuracy.png: final test accuracy against the first non-seed swept value (error
+  bars over seeds); sweep_curves.png: every member's test accuracy per epoch."""
+  last = max(r["epoch"] for r in records)
+  finals = [r for r in records if r["epoch"] == last]
+  x_axis = next((k for k in axes if k != "seed"), "seed")
+  others = [k for k in axes if k not in (x_axis, "seed")]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label in sorted({tuple(r[k] for k in others) for r in finals}):
+    xs = sorted({r[x_axis] for r in finals})
+    accs = [[r["test_accuracy"] for r in finals if r[x_axis] == x
+             and tuple(r[k] for k in others) == label] for x in xs]
+    ax.errorbar(xs, [np.mean(a) for a in accs],
+                yerr=[np.std(a, ddof=1) if len(a) > 1 else 0 for a in accs], marker="o",
+                capsize=3, label=", ".join(f"{k}={v}" for k, v in zip(others, label)) or None)
+  if x_axis in ("lr", "weight_decay", "l2") and min(r[x_axis] for r in finals) > 0:
+    ax.set_xscale("log")
+  ax.set_xlabel(x_axis)
+  ax.set_ylabel(f"test accuracy % after epoch {last}")
+  if others:
+    ax.legend(fontsize=7)
+  _save(fig, folder / "sweep_accuracy.png")
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for member in dict.fromkeys(r["member"] for r in records):
+    rows = [r for r in records if r["member"] == member]
+    ax.plot([r["epoch"] for r in rows], [r["test_accuracy"] for r in rows], marker=".",
+            label=member)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("test accuracy %")
+  ax.legend(fontsize=6, ncol=2)
+  _save(fig, folder / "sweep_curves.png")

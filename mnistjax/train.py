@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from mnistjax import data, metrics, models, optim, plots, reporting
+from mnistjax import sweep as sweep_lib
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config
 from mnistjax.errors import MnistjaxError
@@ -46,7 +47,7 @@ class TrainState:
   params: Any
   batch_stats: Any  # BatchNorm running statistics ({} for models without BatchNorm)
   opt_state: Any
-  hparams: dict[str, jax.Array]  # loss-side hyperparameters: {"l2": ...}
+  hparams: dict[str, jax.Array]  # {"l2": ...}; in sweeps also "dropout" and "alive"
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
@@ -75,6 +76,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: nn.Mod
   x = data.normalize(batch["image"], *norm)
   labels = batch["label"]
   step_key = jax.random.fold_in(key, state.step)
+  if "dropout" in state.hparams:  # a sweep member's own rate, a traced value
+    model = model.clone(dropout=state.hparams["dropout"])
 
   def loss_fn(params):
     logp, updates = model.apply(_variables(params, state.batch_stats), x, train=True,
@@ -197,8 +200,13 @@ def _evaluate_epoch(config, eval_fn, state, dataset, epoch, examples_seen) -> di
 
 def train_and_evaluate(config: Config, workdir: str | None = None,
                        dataset: data.Dataset | None = None, resume: bool = False,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+                       log: Callable[[str], None] = print,
+                       sweep: dict[str, tuple] | None = None) -> dict[str, Any]:
   """Trains per config, evaluating before training and after every epoch.
+
+  With `sweep` ({setting: values}, see mnistjax.sweep), the product of the values
+  are members trained together in one compiled program, each evaluated and
+  reported on its own.
 
   Args:
     config: the run's settings (validated here).
@@ -206,6 +214,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
     dataset: data to use instead of loading config.dataset (tests, notebooks).
     resume: continue from the workdir's last checkpoint, if it has one.
     log: where the printed lines go (they are also appended to workdir/log.txt).
+    sweep: settings to sweep, each with its values.
 
   Returns:
     The summary (as in summary.json) plus "state", the final TrainState.
@@ -216,9 +225,14 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
   """
   wall_start = time.perf_counter()
   dataset, model, tx, norm = setup(config, dataset)
-  init_key, dropout_key, shuffle_key = run_keys(config.seed)
-  state = create_state(model, tx, init_key, config.l2)
+  init_key, dropout_key, shuffle_key = run_keys(config.seed)  # data order: the base seed's
   train_fn, eval_fn = make_steps(model, tx, norm)
+  group = sweep_lib.members(config, sweep) if sweep else None
+  if group:
+    state, dropout_key = sweep_lib.create_states(model, tx, group, "dropout" in sweep)
+    train_fn = sweep_lib.make_sweep_step(model, tx, norm)
+  else:
+    state = create_state(model, tx, init_key, config.l2)
   out = reporting.Workdir(workdir, log) if workdir else None
   log = out.log if out else log
   ckpt = Checkpoints(out.path / "checkpoints") if out and config.checkpoint else None
@@ -228,42 +242,45 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
     fresh = state
     state, saved = ckpt.restore(ckpt.latest_epoch(), state)
     # Hyperparameters come from the config, also where the resumed run's flags changed them.
-    state = state.replace(hparams=fresh.hparams, opt_state=_with_hyperparams(
+    alive = {"alive": state.hparams["alive"]} if group else {}  # frozen members stay frozen
+    state = state.replace(hparams={**fresh.hparams, **alive}, opt_state=_with_hyperparams(
         state.opt_state, fresh.opt_state))
     start_epoch, examples_seen = saved["epoch"], saved["examples_seen"]
-    out.truncate_after(start_epoch, int(state.step))
-    log(f"resumed from the checkpoint of epoch {start_epoch} (step {int(state.step)})")
+    step = int(np.max(state.step))  # members of a sweep share their step
+    out.truncate_after(start_epoch, step)
+    log(f"resumed from the checkpoint of epoch {start_epoch} (step {step})")
   elif out:
     out.reset()
-  num_params = models.count_params(state.params)
+  num_params = models.count_params(sweep_lib.unstack(state, 0).params if group
+                                   else state.params)
   if out:
     out.write_config(config, model=model, normalization=norm, dataset_source=dataset.source,
-                     num_params=num_params)
+                     num_params=num_params, sweep={k: list(v) for k, v in (sweep or {}).items()})
   log(f"{config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, "
       f"from {dataset.source}): {num_params:,} parameters, normalization mean {norm[0]:.4f} "
-      f"std {norm[1]:.4f}, {config.optimizer} lr {config.lr:g}, {jax.default_backend()} backend")
+      f"std {norm[1]:.4f}, {config.optimizer} lr {config.lr:g}, {jax.default_backend()} backend"
+      + (f"; sweep of {len(group)} members in one program" if group else ""))
 
   steps_per_epoch = data.num_train_steps(len(dataset.train), config.batch_size,
                                          config.drop_remainder)
   timing = {"compile_seconds": 0.0, "train_seconds": 0.0, "train_images": 0, "shapes": set()}
+  records: list[dict[str, Any]] = []
   with _StopRequest() as stop:
     try:
       if start_epoch == 0:
-        record = _evaluate_epoch(config, eval_fn, state, dataset, 0, 0)
-        log(reporting.epoch_line(record) + "  (untrained)")
-        if out:
-          out.append("metrics.jsonl", record)
+        records = _evaluate_members(config, eval_fn, state, group, dataset, 0, 0)
+        _report(records, out, log, "  (untrained)")
       for epoch in range(start_epoch + 1, config.epochs + 1):
         start = time.perf_counter()
         state, examples_seen = _train_epoch(config, train_fn, state, dataset, shuffle_key,
                                             dropout_key, epoch, steps_per_epoch, examples_seen,
-                                            timing, out, stop)
+                                            timing, out, stop, group, log)
         train_seconds = time.perf_counter() - start
-        record = _evaluate_epoch(config, eval_fn, state, dataset, epoch, examples_seen)
-        record.update(train_seconds=train_seconds, seconds=time.perf_counter() - start)
-        log(reporting.epoch_line(record))
-        if out:
-          out.append("metrics.jsonl", record)
+        records = _evaluate_members(config, eval_fn, state, group, dataset, epoch,
+                                    examples_seen)
+        for record in records:
+          record.update(train_seconds=train_seconds, seconds=time.perf_counter() - start)
+        _report(records, out, log)
         if ckpt:
           ckpt.save(epoch, state, {"epoch": epoch, "examples_seen": examples_seen,
                                    "config": config.to_dict(),
@@ -277,24 +294,57 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
       if ckpt:
         ckpt.close()
 
-  final = evaluate(eval_fn, state, dataset.test, config.eval_batch_size, return_predictions=True)
+  if not records:  # resumed at the last epoch: nothing left to train
+    records = _evaluate_members(config, eval_fn, state, group, dataset, start_epoch,
+                                examples_seen)
   summary = {
-      "final": record, "best_test_accuracy": max(
-          (r["test_accuracy"] for r in out.read("metrics.jsonl")), default=None) if out else None,
+      "final": records[-1] if not group else None,
       "num_params": num_params, "wall_seconds": time.perf_counter() - wall_start,
       "compile_seconds": timing["compile_seconds"],
       "train_images_per_second": (timing["train_images"] / timing["train_seconds"]
                                   if timing["train_seconds"] else None),
       "backend": jax.default_backend(), "devices": len(jax.devices())}
-  if out:
-    _write_results(out, dataset, final["predictions"], summary)
-  log(f"final test accuracy {record['test_accuracy']:.2f}%, wall {summary['wall_seconds']:.1f}s"
-      + (f", results in {out.path}" if out else ""))
+  if group:
+    rows = [{"member": m.name, "settings": m.settings, "test_accuracy": r["test_accuracy"],
+             "test_loss": r["test_loss"], "train_accuracy": r.get("train_accuracy"),
+             "diverged": not bool(alive)}
+            for m, r, alive in zip(group, records, np.asarray(state.hparams["alive"]))]
+    summary.update(members=rows, by_setting=sweep_lib.aggregate(rows),
+                   member_images_per_second=(summary["train_images_per_second"] or 0) * len(group))
+    log(sweep_lib.format_table(rows))
+    if out:
+      out.write_json("summary.json", summary)
+      plots.sweep(out.read("metrics.jsonl"), sweep, out.path)
+  else:
+    final = evaluate(eval_fn, state, dataset.test, config.eval_batch_size,
+                     return_predictions=True)
+    if out:
+      summary["best_test_accuracy"] = max(r["test_accuracy"] for r in out.read("metrics.jsonl"))
+      _write_results(out, dataset, final["predictions"], summary)
+    log(f"final test accuracy {records[-1]['test_accuracy']:.2f}%, wall "
+        f"{summary['wall_seconds']:.1f}s" + (f", results in {out.path}" if out else ""))
   return {**summary, "state": state}
 
 
+def _evaluate_members(config, eval_fn, state, group, dataset, epoch, examples_seen):
+  """Per-epoch records: one for a single run, one per member (tagged) for a sweep."""
+  if not group:
+    return [_evaluate_epoch(config, eval_fn, state, dataset, epoch, examples_seen)]
+  return [{"member": m.name, **m.settings, **_evaluate_epoch(
+      config, eval_fn, sweep_lib.unstack(state, k), dataset, epoch, examples_seen)}
+          for k, m in enumerate(group)]
+
+
+def _report(records, out, log, suffix: str = "") -> None:
+  for record in records:
+    prefix = f"[{record['member']}] " if "member" in record else ""
+    log(prefix + reporting.epoch_line(record) + suffix)
+    if out:
+      out.append("metrics.jsonl", record)
+
+
 def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epoch,
-                 steps_per_epoch, examples_seen, timing, out, stop):
+                 steps_per_epoch, examples_seen, timing, out, stop, group=None, log=print):
   """Trains one epoch; pulls the losses to the host once per log interval."""
   pending: list[tuple[int, int, jax.Array]] = []  # (step, examples seen, loss on device)
   batches = data.train_batches(dataset.train, config.batch_size, shuffle_key, epoch,
@@ -321,22 +371,45 @@ def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epo
       bar.update(1)
       stop.check()
       if (i + 1) % config.log_every == 0 or i + 1 == steps_per_epoch:
-        losses = np.asarray(jax.device_get([loss for _, _, loss in pending]))
-        rows = [{"epoch": epoch, "step": s, "examples_seen": n, "loss": float(v)}
-                for (s, n, _), v in zip(pending, losses)]
+        losses = np.asarray(jax.device_get([loss for _, _, loss in pending]))  # (n[, K])
+        rows = [{"epoch": epoch, "step": s, "examples_seen": n} for s, n, _ in pending]
         pending = []
-        if not np.all(np.isfinite(losses)):
-          bad = rows[int(np.argmin(np.isfinite(losses)))]
-          raise NonFiniteLoss(f"the training loss became {bad['loss']} at step {bad['step']} "
-                              f"(epoch {epoch}); lower --lr or check the data")
-        bar.set_postfix(loss=f"{losses.mean():.4f}")
+        if group:
+          _freeze_report(state, group, timing.setdefault("frozen", set()), rows[-1]["step"],
+                         epoch, log)
+          finite = np.isfinite(losses)
+          count = finite.sum(0)
+          mean = np.where(count > 0, np.where(finite, losses, 0).sum(0) / np.maximum(count, 1),
+                          np.nan)  # per member, over its finite steps
+          bar.set_postfix(loss=f"{mean[np.isfinite(mean)].mean():.4f}")
+        else:
+          if not np.all(np.isfinite(losses)):
+            bad = int(np.argmin(np.isfinite(losses)))
+            raise NonFiniteLoss(f"the training loss became {losses[bad]} at step "
+                                f"{rows[bad]['step']} (epoch {epoch}); lower --lr or check the "
+                                "data")
+          mean = losses.mean()
+          bar.set_postfix(loss=f"{mean:.4f}")
         if out:
-          out.append("train_log.jsonl", {**rows[-1], "loss": float(losses.mean()),
-                                         "interval": len(rows)})
+          out.append("train_log.jsonl", {**rows[-1], "interval": len(rows),
+                                         "loss": np.asarray(mean).tolist()})
   jax.block_until_ready(state)
   timing["train_seconds"] += time.perf_counter() - t_steady
   timing["train_images"] += images_steady
   return state, examples_seen
+
+
+def _freeze_report(state, group, frozen: set, step, epoch, log) -> None:
+  """Logs members that diverged since the last interval; raises if none is left."""
+  alive = np.asarray(jax.device_get(state.hparams["alive"]))
+  for k in np.flatnonzero(~alive):
+    if k not in frozen:
+      frozen.add(k)
+      log(f"member {group[k].name}: the training loss became NaN or infinite by step {step} "
+          f"(epoch {epoch}); frozen, the other members go on")
+  if not alive.any():
+    raise NonFiniteLoss(f"every member of the sweep diverged by step {step} (epoch {epoch}); "
+                        "lower --lr")
 
 
 def _stopped(what: str, ckpt: Checkpoints | None, out) -> str:

@@ -41,6 +41,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     ("--study=s9", ["unknown study 's9'", "s0_activation"]),
     ("--optimizer=lamb", ["choose one of: sgd, rmsprop, adam"]),
     ("--resume", ["--resume needs the --workdir"]),
+    ("--sweep=width=1,2", ["'width' can't be swept", "dropout, lr"]),
     ("--lr=0", ["--lr=0.0", "must be > 0"]),
     ("--epochs=0", ["--epochs=0", ">= 1"]),
     ("--dataset=cifar10", ["choose one of: mnist, fashion_mnist"]),

@@ -46,6 +46,16 @@ def test_variants_are_the_notebook_rows():
   assert dict(studies.expand("s4_l2"))["l2=0.8"].l2 == 0.8
 
 
+def test_studies_that_vary_only_sweepable_values_run_as_one_sweep():
+  assert studies.as_sweep("s0_dropout") == {"dropout": (0.25, 0.5, 0.75, 1.0)}
+  assert studies.as_sweep("s4_l2") == {"l2": (0.0, 0.8)}
+  grid = studies.as_sweep("s1_lr_wd")
+  assert len(grid["lr"]) * len(grid["weight_decay"]) == len(studies.STUDIES["s1_lr_wd"].variants)
+  assert studies.as_sweep("s0_activation") is None  # an activation is not a value
+  assert studies.as_sweep("s0_init") is None
+  assert studies.as_sweep("s0_dropout", {"dropout": 0.5}) is None  # the flag picks one
+
+
 def test_flags_override_every_variant_and_setting_the_varied_value_leaves_one():
   runs = studies.expand("s0_activation", {"epochs": 1})
   assert [name for name, _ in runs] == ["activation=relu", "activation=sigmoid"]

@@ -1,0 +1,140 @@
+"""Sweeps: K variants of one config trained together, in one compiled program.
+
+Members are stacked along a leading axis of the train state and `jax.vmap`ped
+through the ordinary `train_step`; every member sees the same data batch. What a
+member may vary lives in its state as arrays: the learning rate, momentum and
+weight decay in the optimiser's injected hyperparameters, the L2 coefficient
+and the dropout rate in `state.hparams`, the seed in its init and dropout keys.
+A member whose loss turns NaN or infinite is frozen (its state stops changing)
+and reported; the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mnistjax import optim
+from mnistjax.config import Config
+from mnistjax.errors import ConfigError
+
+SWEEPABLE = {"dropout": float, "lr": float, "weight_decay": float, "momentum": float,
+             "l2": float, "seed": int}
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  name: str  # "dropout=0.25,seed=0"
+  settings: dict[str, Any]  # the swept values
+  config: Config
+
+
+def parse(specs: list[str]) -> dict[str, tuple]:
+  """["dropout=0.25,0.5", "seed=0,1"] -> {"dropout": (0.25, 0.5), "seed": (0, 1)}."""
+  axes: dict[str, tuple] = {}
+  for spec in specs:
+    key, sep, values = spec.partition("=")
+    if not sep or not values:
+      raise ConfigError(f"--sweep={spec}: write --sweep=SETTING=V1,V2,... "
+                        f"(settings: {', '.join(SWEEPABLE)})")
+    if key not in SWEEPABLE:
+      raise ConfigError(f"--sweep={spec}: {key!r} can't be swept; choose one of: "
+                        f"{', '.join(SWEEPABLE)}")
+    if key in axes:
+      raise ConfigError(f"--sweep={spec}: {key} is swept twice")
+    try:
+      axes[key] = tuple(SWEEPABLE[key](v) for v in values.split(","))
+    except ValueError:
+      raise ConfigError(f"--sweep={spec}: values of {key} must be "
+                        f"{SWEEPABLE[key].__name__}s") from None
+  return axes
+
+
+def members(config: Config, axes: dict[str, tuple]) -> list[Member]:
+  """The product of the axes, each member's config validated."""
+  out = []
+  for values in itertools.product(*axes.values()):
+    settings = dict(zip(axes, values))
+    name = ",".join(f"{k}={v}" for k, v in settings.items())
+    out.append(Member(name, settings, config.replace(**settings).validate()))
+  return out
+
+
+def stack(trees: list[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: Any, k: int) -> Any:
+  """Member k of a stacked tree."""
+  return jax.tree.map(lambda a: a[k], tree)
+
+
+def create_states(model, tx, group: list[Member], sweep_dropout: bool):
+  """Stacked initial states (each member from its own seed and hyperparameters), and the
+  members' dropout keys."""
+  from mnistjax import train  # pylint: disable=g-import-not-at-top
+
+  states, keys = [], []
+  for member in group:
+    cfg = member.config
+    init_key, dropout_key, _ = train.run_keys(cfg.seed)
+    state = train.create_state(model, tx, init_key, cfg.l2)
+    member_tx = optim.make(cfg.optimizer, **cfg.optimizer_hparams())
+    hparams = {**state.hparams, "alive": jnp.asarray(True)}
+    if sweep_dropout:
+      hparams["dropout"] = jnp.asarray(cfg.dropout or 0.0, jnp.float32)
+    states.append(state.replace(opt_state=member_tx.init(state.params), hparams=hparams))
+    keys.append(dropout_key)
+  return stack(states), jnp.stack(keys)
+
+
+def sweep_step(state, batch, keys, *, model, tx, norm):
+  """train_step for every member at once; members whose loss is not finite keep their state."""
+  from mnistjax import train  # pylint: disable=g-import-not-at-top
+
+  step = functools.partial(train.train_step, model=model, tx=tx, norm=norm)
+  new, metrics = jax.vmap(step, in_axes=(0, None, 0))(state, batch, keys)
+  ok = state.hparams["alive"] & jnp.isfinite(metrics["loss"])
+
+  def keep(n, o):
+    return jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o)
+
+  new = jax.tree.map(keep, new, state)
+  return new.replace(hparams={**new.hparams, "alive": ok}), metrics
+
+
+def make_sweep_step(model, tx: optax.GradientTransformation, norm):
+  return jax.jit(functools.partial(sweep_step, model=model, tx=tx, norm=norm),
+                 donate_argnums=0)
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Mean and std of the final test accuracy over seeds, per setting of the other axes."""
+  groups: dict[str, list[float]] = {}
+  for row in rows:
+    key = ",".join(f"{k}={v}" for k, v in row["settings"].items() if k != "seed") or "all"
+    groups.setdefault(key, []).append(row["test_accuracy"])
+  return [{"setting": k, "seeds": len(v), "test_accuracy_mean": float(np.mean(v)),
+           "test_accuracy_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+          for k, v in groups.items()]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  """Final numbers per member, and mean +- std over seeds where seeds were swept."""
+  width = max(len(r["member"]) for r in rows)
+  lines = [f"{'member':<{width}}  test acc  test loss"]
+  for r in rows:
+    flag = "  (diverged, frozen)" if r["diverged"] else ""
+    lines.append(f"{r['member']:<{width}}  {r['test_accuracy']:8.2f}  {r['test_loss']:9.4f}{flag}")
+  if any("seed" in r["settings"] for r in rows):
+    for g in aggregate(rows):
+      lines.append(f"{g['setting']}: {g['test_accuracy_mean']:.2f} +- "
+                   f"{g['test_accuracy_std']:.2f} over {g['seeds']} seeds")
+  return "\n".join(lines)

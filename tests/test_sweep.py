@@ -1,0 +1,94 @@
+"""Sweeps: K members in one program equal K single runs; divergence freezes one member only."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from mnistjax import config as config_lib
+from mnistjax import reporting, sweep, train
+from mnistjax.errors import ConfigError
+from test_train import synthetic
+
+
+def _quiet(**kw):
+  return {"log": lambda line: None, **kw}
+
+
+BASE = config_lib.Config(epochs=1, batch_size=32, eval_train=False, checkpoint=False)
+
+
+@pytest.mark.parametrize("axes", [{"dropout": (0.25, 0.5)}, {"lr": (0.05, 0.01)}])
+def test_member_k_equals_a_single_run_with_its_settings(axes):
+  ds = synthetic()
+  result = train.train_and_evaluate(BASE, dataset=ds, sweep=axes, **_quiet())
+  (key, values), = axes.items()
+  for k, value in enumerate(values):
+    single = train.train_and_evaluate(BASE.replace(**{key: value}), dataset=ds, **_quiet())
+    member = sweep.unstack(result["state"], k)
+    # vmapped matmuls may round differently from the unbatched ones: a float32 tolerance.
+    for a, b in zip(jax.tree.leaves(member.params), jax.tree.leaves(single["state"].params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert result["members"][k]["test_accuracy"] == pytest.approx(
+        single["final"]["test_accuracy"], abs=1.01)  # at most one of 100 test images flips
+
+
+def test_equal_settings_and_seed_are_identical_other_seeds_differ():
+  result = train.train_and_evaluate(BASE, dataset=synthetic(), sweep={"seed": (3, 3, 4)},
+                                    **_quiet())
+  a, b, c = (sweep.unstack(result["state"], k).params for k in range(3))
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert not any(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+  groups = {g["setting"]: g for g in result["by_setting"]}
+  assert groups["all"]["seeds"] == 3
+
+
+def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
+  result = train.train_and_evaluate(BASE.replace(epochs=2, log_every=2), str(tmp_path),
+                                    dataset=synthetic(), sweep={"lr": (0.05, 1e30)}, **_quiet())
+  good, bad = result["members"]
+  assert not good["diverged"] and good["test_accuracy"] > 50
+  assert bad["diverged"]
+  frozen = sweep.unstack(result["state"], 1)
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(frozen.params))
+  rows = reporting.read_jsonl(tmp_path / "metrics.jsonl")
+  assert {r["member"] for r in rows} == {"lr=0.05", "lr=1e+30"}
+  assert all("lr" in r for r in rows)
+  assert (tmp_path / "sweep_accuracy.png").exists() and (tmp_path / "sweep_curves.png").exists()
+
+
+def test_every_member_diverging_stops_the_run():
+  with pytest.raises(train.NonFiniteLoss, match="every member of the sweep diverged"):
+    train.train_and_evaluate(BASE.replace(log_every=2), dataset=synthetic(),
+                             sweep={"lr": (1e30, 1e31)}, **_quiet())
+
+
+def test_sweep_resumes_per_member(tmp_path):
+  ds, axes = synthetic(), {"dropout": (0.0, 0.5)}
+  cfg = BASE.replace(epochs=2, checkpoint=True)
+  straight = train.train_and_evaluate(cfg, str(tmp_path / "a"), ds, sweep=axes, **_quiet())
+  train.train_and_evaluate(cfg.replace(epochs=1), str(tmp_path / "b"), ds, sweep=axes,
+                           **_quiet())
+  resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"), ds, resume=True, sweep=axes,
+                                     **_quiet())
+  for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("spec,message", [
+    (["dropout"], "write --sweep=SETTING=V1,V2"),
+    (["width=1,2"], "'width' can't be swept"),
+    (["seed=a,b"], "values of seed must be ints"),
+    (["lr=0.1", "lr=0.2"], "swept twice"),
+])
+def test_bad_sweep_specs_name_the_fix(spec, message):
+  with pytest.raises(ConfigError, match=message):
+    sweep.parse(spec)
+
+
+def test_sweep_values_are_validated():
+  with pytest.raises(ConfigError, match="--lr=-0.1"):
+    sweep.members(BASE, sweep.parse(["lr=0.1,-0.1"]))
+  assert [m.name for m in sweep.members(BASE, sweep.parse(["dropout=0.25,0.5", "seed=0,1"]))] == [
+      "dropout=0.25,seed=0", "dropout=0.25,seed=1", "dropout=0.5,seed=0", "dropout=0.5,seed=1"]
