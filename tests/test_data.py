@@ -76,9 +76,10 @@ def test_label_out_of_range(tmp_path):
 
 def test_swapped_files_are_caught_by_their_dimensions(tmp_path):
   images, labels = fake_split(5)
-  i, l = write_idx(tmp_path / "i", images), write_idx(tmp_path / "l", labels)
+  image_file = write_idx(tmp_path / "i", images)
+  label_file = write_idx(tmp_path / "l", labels)
   with pytest.raises(DataError, match="expected images of shape N x 28 x 28"):
-    data.read_split(l, i)
+    data.read_split(label_file, image_file)
 
 
 def test_wrong_item_count(tmp_path):
