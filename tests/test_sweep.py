@@ -9,11 +9,7 @@ import pytest
 from mnistjax import config as config_lib
 from mnistjax import reporting, sweep, train
 from mnistjax.errors import ConfigError
-from test_train import synthetic
-
-
-def _quiet(**kw):
-  return {"log": lambda line: None, **kw}
+from conftest import quiet, synthetic
 
 
 BASE = config_lib.Config(epochs=1, batch_size=32, eval_train=False, checkpoint=False)
@@ -22,10 +18,10 @@ BASE = config_lib.Config(epochs=1, batch_size=32, eval_train=False, checkpoint=F
 @pytest.mark.parametrize("axes", [{"dropout": (0.25, 0.5)}, {"lr": (0.05, 0.01)}])
 def test_member_k_equals_a_single_run_with_its_settings(axes):
   ds = synthetic()
-  result = train.train_and_evaluate(BASE, dataset=ds, sweep=axes, **_quiet())
+  result = train.train_and_evaluate(BASE, dataset=ds, sweep=axes, **quiet())
   (key, values), = axes.items()
   for k, value in enumerate(values):
-    single = train.train_and_evaluate(BASE.replace(**{key: value}), dataset=ds, **_quiet())
+    single = train.train_and_evaluate(BASE.replace(**{key: value}), dataset=ds, **quiet())
     member = sweep.unstack(result["state"], k)
     # vmapped matmuls may round differently from the unbatched ones: a float32 tolerance.
     for a, b in zip(jax.tree.leaves(member.params), jax.tree.leaves(single["state"].params)):
@@ -36,7 +32,7 @@ def test_member_k_equals_a_single_run_with_its_settings(axes):
 
 def test_equal_settings_and_seed_are_identical_other_seeds_differ():
   result = train.train_and_evaluate(BASE, dataset=synthetic(), sweep={"seed": (3, 3, 4)},
-                                    **_quiet())
+                                    **quiet())
   a, b, c = (sweep.unstack(result["state"], k).params for k in range(3))
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert not any(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
@@ -46,7 +42,7 @@ def test_equal_settings_and_seed_are_identical_other_seeds_differ():
 
 def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
   result = train.train_and_evaluate(BASE.replace(epochs=2, log_every=2), str(tmp_path),
-                                    dataset=synthetic(), sweep={"lr": (0.05, 1e30)}, **_quiet())
+                                    dataset=synthetic(), sweep={"lr": (0.05, 1e30)}, **quiet())
   good, bad = result["members"]
   assert not good["diverged"] and good["test_accuracy"] > 50
   assert bad["diverged"]
@@ -61,17 +57,17 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
 def test_every_member_diverging_stops_the_run():
   with pytest.raises(train.NonFiniteLoss, match="every member of the sweep diverged"):
     train.train_and_evaluate(BASE.replace(log_every=2), dataset=synthetic(),
-                             sweep={"lr": (1e30, 1e31)}, **_quiet())
+                             sweep={"lr": (1e30, 1e31)}, **quiet())
 
 
 def test_sweep_resumes_per_member(tmp_path):
   ds, axes = synthetic(), {"dropout": (0.0, 0.5)}
   cfg = BASE.replace(epochs=2, checkpoint=True)
-  straight = train.train_and_evaluate(cfg, str(tmp_path / "a"), ds, sweep=axes, **_quiet())
+  straight = train.train_and_evaluate(cfg, str(tmp_path / "a"), ds, sweep=axes, **quiet())
   train.train_and_evaluate(cfg.replace(epochs=1), str(tmp_path / "b"), ds, sweep=axes,
-                           **_quiet())
+                           **quiet())
   resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"), ds, resume=True, sweep=axes,
-                                     **_quiet())
+                                     **quiet())
   for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
     np.testing.assert_array_equal(a, b)
 

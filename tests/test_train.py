@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import fake_split
+from conftest import fake_split, quiet, synthetic
 from mnistjax import config as config_lib
-from mnistjax import data, models, optim, reporting, train
+from mnistjax import models, optim, reporting, train
 
 NORM = (0.1307, 0.3081)
 
@@ -24,18 +24,6 @@ def _parts(**overrides):
 def _batch(n=16, seed=0):
   images, labels = fake_split(n, seed)
   return {"image": images, "label": labels.astype(np.int32)}
-
-
-def synthetic(n_train=256, n_test=100) -> data.Dataset:
-  """A learnable toy dataset: the label is written into the image as a bright bar."""
-  def split(n, seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-    for i, label in enumerate(labels):
-      images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
-    return data.Split(images, labels)
-  return data.Dataset("mnist", split(n_train, 0), split(n_test, 1), source="synthetic")
 
 
 def test_train_step_is_pure_and_reduces_the_loss():
@@ -85,17 +73,13 @@ def test_evaluate_scores_a_partial_last_batch():
   assert whole["accuracy"] == parts["accuracy"]
 
 
-def _quiet(**kw):
-  return {"log": lambda line: None, **kw}
-
-
 def test_two_epochs_equal_one_epoch_resumed_for_one_more(tmp_path):
   # Dropout and BatchNorm so that the RNG stream and the running statistics must resume too.
   cfg = config_lib.Config(epochs=2, dropout=0.25, batchnorm=True, batch_size=32)
   ds = synthetic()
-  straight = train.train_and_evaluate(cfg, str(tmp_path / "a"), ds, **_quiet())
-  train.train_and_evaluate(cfg.replace(epochs=1), str(tmp_path / "b"), ds, **_quiet())
-  resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"), ds, resume=True, **_quiet())
+  straight = train.train_and_evaluate(cfg, str(tmp_path / "a"), ds, **quiet())
+  train.train_and_evaluate(cfg.replace(epochs=1), str(tmp_path / "b"), ds, **quiet())
+  resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"), ds, resume=True, **quiet())
   for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
     np.testing.assert_array_equal(a, b)
   epochs = [r["epoch"] for r in
@@ -106,22 +90,22 @@ def test_two_epochs_equal_one_epoch_resumed_for_one_more(tmp_path):
 def test_divergence_stops_and_keeps_the_last_good_epoch(tmp_path):
   ds = synthetic()
   cfg = config_lib.Config(epochs=1, log_every=2)
-  train.train_and_evaluate(cfg, str(tmp_path), ds, **_quiet())
+  train.train_and_evaluate(cfg, str(tmp_path), ds, **quiet())
   with pytest.raises(train.NonFiniteLoss, match=r"became (nan|inf) at step \d+ \(epoch 2\).*"
                      r"checkpoint of epoch 1 .*--resume"):
     train.train_and_evaluate(cfg.replace(epochs=3, lr=1e30), str(tmp_path), ds, resume=True,
-                             **_quiet())
+                             **quiet())
   records = [r["epoch"] for r in
              reporting.read_jsonl(tmp_path / "metrics.jsonl")]
   assert records == [0, 1]
   resumed = train.train_and_evaluate(cfg.replace(epochs=2), str(tmp_path), ds, resume=True,
-                                     **_quiet())
+                                     **quiet())
   assert resumed["final"]["epoch"] == 2 and np.isfinite(resumed["final"]["test_loss"])
 
 
 def test_one_epoch_of_lenet_relu_reaches_97_percent(mnist):
   # Momentum 0.9 rather than the notebook's 0.5, which ends epoch 1 at ~96.7% (SPEC S0a).
   cfg = config_lib.Config(activation="relu", epochs=1, momentum=0.9, eval_train=False, seed=0)
-  result = train.train_and_evaluate(cfg, dataset=mnist, **_quiet())
+  result = train.train_and_evaluate(cfg, dataset=mnist, **quiet())
   assert result["final"]["step"] == 938  # 937 full batches and the last 32 examples
   assert result["final"]["test_accuracy"] >= 97.0
