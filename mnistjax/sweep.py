@@ -77,7 +77,7 @@ def unstack(tree: Any, k: int) -> Any:
   return jax.tree.map(lambda a: a[k], tree)
 
 
-def create_states(model, tx, group: list[Member], sweep_dropout: bool):
+def create_states(model, group: list[Member], sweep_dropout: bool):
   """Stacked initial states (each member from its own seed and hyperparameters), and the
   members' dropout keys."""
   from mnistjax import train  # pylint: disable=g-import-not-at-top
@@ -86,12 +86,14 @@ def create_states(model, tx, group: list[Member], sweep_dropout: bool):
   for member in group:
     cfg = member.config
     init_key, dropout_key, _ = train.run_keys(cfg.seed)
-    state = train.create_state(model, tx, init_key, cfg.l2)
+    # The member's own optimiser holds its hyperparameters in the state it initialises; the
+    # shared `tx` then updates every member with the values found there.
     member_tx = optim.make(cfg.optimizer, **cfg.optimizer_hparams())
+    state = train.create_state(model, member_tx, init_key, cfg.l2)
     hparams = {**state.hparams, "alive": jnp.asarray(True)}
     if sweep_dropout:
       hparams["dropout"] = jnp.asarray(cfg.dropout or 0.0, jnp.float32)
-    states.append(state.replace(opt_state=member_tx.init(state.params), hparams=hparams))
+    states.append(state.replace(hparams=hparams))
     keys.append(dropout_key)
   return stack(states), jnp.stack(keys)
 

@@ -229,7 +229,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
   train_fn, eval_fn = make_steps(model, tx, norm)
   group = sweep_lib.members(config, sweep) if sweep else None
   if group:
-    state, dropout_key = sweep_lib.create_states(model, tx, group, "dropout" in sweep)
+    state, dropout_key = sweep_lib.create_states(model, group, "dropout" in sweep)
     train_fn = sweep_lib.make_sweep_step(model, tx, norm)
   else:
     state = create_state(model, tx, init_key, config.l2)
