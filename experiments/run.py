@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from mnistjax import cli, studies, sweep, train
+from mnistjax import cli, parallel, studies, sweep, train
 
 flags.DEFINE_string("study", None, "a named study of SPEC.md (see --list)")
 flags.DEFINE_string("workdir", None, "write config, metrics, plots and checkpoints here")
@@ -39,6 +39,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.resume and not FLAGS.workdir:
     cli.fail("--resume needs the --workdir of the run to continue")
   with cli.user_errors():
+    parallel.initialize_distributed()  # a multi-host job: JAX_COORDINATOR_ADDRESS, SLURM, MPI
     axes = sweep.parse(FLAGS.sweep)
     if FLAGS.study:
       studies.run(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume, sweep=axes)

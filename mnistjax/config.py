@@ -52,6 +52,7 @@ class Config:
   batch_size: int = _field(64, "training batch size")
   drop_remainder: bool = _field(False, "drop the last partial training batch of each epoch")
   seed: int = _field(1, "seed of initialisation, dropout and shuffling")
+  devices: int = _field(0, "data-parallel over this many local devices (0 = all of them)")
   # Evaluation and logging.
   eval_batch_size: int = _field(500, "evaluation batch size")
   eval_train: bool = _field(True, "evaluate the full training set after each epoch (as S0)")
@@ -96,6 +97,7 @@ class Config:
     check("eps", lambda v: v > 0, "> 0")
     check("epochs", lambda v: v >= 1, ">= 1")
     check("batch_size", lambda v: v >= 1, ">= 1")
+    check("devices", lambda v: v >= 0, ">= 0 (0 = every local device)")
     check("eval_batch_size", lambda v: v >= 1, ">= 1")
     check("log_every", lambda v: v >= 1, ">= 1")
     check("train_limit", lambda v: v >= 0, ">= 0 (0 = all)")

@@ -182,6 +182,12 @@ def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
+def example_mask(mask_B: jax.Array | None, x: jax.Array) -> jax.Array | None:
+  """A per-example mask (B,) shaped to broadcast against x (B x ...): BatchNorm's `mask`,
+  so that padded examples of a data-parallel batch stay out of the statistics."""
+  return None if mask_B is None else mask_B.reshape(mask_B.shape + (1,) * (x.ndim - 1))
+
+
 class PReLU(nn.Module):
   """PReLU with one learnable scalar slope; call one instance at several layers to share it."""
   init_slope: float = 0.25

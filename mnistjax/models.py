@@ -3,7 +3,9 @@
 Every model maps normalised images (B x 28 x 28 x 1, float) to log-probabilities
 (B x 10): `model.apply(variables, x, train=False)`. In training, pass
 `train=True`, `rngs={"dropout": key}` and `mutable=["batch_stats"]` where the
-model has BatchNorm.
+model has BatchNorm. `mask` (B,), optional, marks the real examples of a padded
+batch: BatchNorm takes its statistics over those only (the others are ignored
+by the loss; see mnistjax.parallel).
 
 `python -m mnistjax.models` prints every model with its parameter count.
 """
@@ -40,14 +42,15 @@ class ConvNet(nn.Module):
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False,
+               mask: jax.Array | None = None) -> jax.Array:
     act = layers.activation(self.activation, self.prelu_init)
     kinit = layers.kernel_init(self.init_scheme)
 
     def post(x, i):
       x = act(x)
       if self.batchnorm:
-        x = layers.batch_norm(train, name=f"bn{i}")(x)
+        x = layers.batch_norm(train, name=f"bn{i}")(x, mask=layers.example_mask(mask, x))
       return layers.Dropout(self.dropout)(x, train)
 
     x = x_BxHxWx1
@@ -73,14 +76,15 @@ class CNN3(nn.Module):
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False,
+               mask: jax.Array | None = None) -> jax.Array:
     act = layers.activation(self.activation, self.prelu_init)
     kinit = layers.kernel_init(self.init_scheme)
     x = x_BxHxWx1
     for i, (f, pool) in enumerate(zip(self.features, self.pools), 1):
       x = layers.Conv2d(f, 5, 2, kinit, impl=layers.conv_impl(train), name=f"conv{i}")(x)
       if self.batchnorm:
-        x = layers.batch_norm(train, name=f"bn{i}")(x)
+        x = layers.batch_norm(train, name=f"bn{i}")(x, mask=layers.example_mask(mask, x))
       x = act(x)
       if pool:
         x = layers.max_pool(x, *pool)
@@ -104,7 +108,9 @@ class MLP(nn.Module):
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x_BxHxWx1: jax.Array, train: bool = False,
+               mask: jax.Array | None = None) -> jax.Array:
+    del mask  # no BatchNorm: nothing here depends on the other examples of the batch
     act = layers.activation(self.activation, self.prelu_init)
     kinit = layers.kernel_init(self.init_scheme)
     x = layers.Dropout(self.input_dropout)(x_BxHxWx1.reshape(x_BxHxWx1.shape[0], -1), train)

@@ -69,7 +69,7 @@ def make(name: str, **hparams) -> optax.GradientTransformation:
       **{k: hparams[k] for k in spec.hparams})
 
 
-def l2_penalty(params, l2: float | jax.Array, batch_size: int) -> jax.Array:
+def l2_penalty(params, l2: float | jax.Array, batch_size: int | jax.Array) -> jax.Array:
   """The S4 notebook's L2 term, l2 / (2 m) * sum of squared weights (kernels, not biases)."""
   kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
              if "kernel" in jax.tree_util.keystr(path)]

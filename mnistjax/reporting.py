@@ -52,21 +52,27 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 class Workdir:
-  """The files of one run."""
+  """The files of one run. In a multi-host run only process 0 prints and writes them (the
+  others only take part in the checkpoints, which orbax writes together)."""
 
   def __init__(self, path: str | os.PathLike, echo: Callable[[str], None] = print):
     self.path = pathlib.Path(path).expanduser().absolute()
+    self.primary = jax.process_index() == 0
     self.path.mkdir(parents=True, exist_ok=True)
     self._echo = echo
 
   def log(self, line: str) -> None:
     """Prints a line and appends it to log.txt."""
+    if not self.primary:
+      return
     self._echo(line)
     with open(self.path / "log.txt", "a") as f:
       f.write(line + "\n")
 
   def reset(self) -> None:
     """Removes the results of an earlier run in this folder (a fresh run starts over)."""
+    if not self.primary:
+      return
     for name in _RESULTS:
       (self.path / name).unlink(missing_ok=True)
     checkpoints = self.path / "checkpoints"
@@ -75,11 +81,15 @@ class Workdir:
 
   def truncate_after(self, epoch: int, step: int) -> None:
     """Drops records past a checkpoint (written after it by a run that then died)."""
+    if not self.primary:
+      return
     for name, key, last in (("metrics.jsonl", "epoch", epoch), ("train_log.jsonl", "step", step)):
       kept = [r for r in self.read(name) if r[key] <= last]
       write_text(self.path / name, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
   def append(self, name: str, record: dict[str, Any]) -> None:
+    if not self.primary:
+      return
     with open(self.path / name, "a") as f:
       f.write(json.dumps(record, sort_keys=True) + "\n")
       f.flush()
@@ -89,16 +99,18 @@ class Workdir:
     return read_jsonl(self.path / name)
 
   def write_json(self, name: str, obj: Any) -> None:
-    write_json(self.path / name, obj)
+    if self.primary:
+      write_json(self.path / name, obj)
 
   def write_text(self, name: str, text: str) -> None:
-    write_text(self.path / name, text)
+    if self.primary:
+      write_text(self.path / name, text)
 
   def write_config(self, config: Config, model, **extra) -> None:
     """config.json: every setting, the model's resolved fields, and facts about the run."""
     model_fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
                     if f.name not in ("parent", "name")}
-    write_json(self.path / "config.json", {
+    self.write_json("config.json", {
         "config": config.to_dict(), "model": model_fields, **extra,
         "jax_version": jax.__version__, "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()], "argv": sys.argv})

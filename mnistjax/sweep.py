@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnistjax import optim
+from mnistjax import optim, parallel
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError
 
@@ -126,9 +126,11 @@ def sweep_step(state, batch, keys, *, model, tx, norm):
   return new.replace(hparams={**new.hparams, "alive": ok}), metrics
 
 
-def make_sweep_step(model, tx: optax.GradientTransformation, norm):
-  return jax.jit(functools.partial(sweep_step, model=model, tx=tx, norm=norm),
-                 donate_argnums=0)
+def make_sweep_step(model, tx: optax.GradientTransformation, norm, dp=None):
+  """The jitted sweep step; with dp (a parallel.DataParallel), members x data: every member
+  runs data-parallel over dp's devices."""
+  return parallel.jit_step(functools.partial(sweep_step, model=model, tx=tx, norm=norm), dp,
+                           donate_state=True, replicate_outputs=True)
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

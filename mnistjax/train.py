@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnistjax import data, metrics, models, optim, plots, reporting
+from mnistjax import data, metrics, models, optim, parallel, plots, reporting
 from mnistjax import sweep as sweep_lib
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config
@@ -79,11 +79,19 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: nn.Mod
   if "dropout" in state.hparams:  # a sweep member's own rate, a traced value
     model = model.clone(dropout=state.hparams["dropout"])
 
+  # A batch padded for data parallelism has a mask; its padding carries no weight anywhere.
+  mask = batch.get("mask")
+  weight = None if mask is None else mask.astype(jnp.float32)
+  count = labels.shape[0] if mask is None else jnp.sum(weight)
+
+  def mean(values_B):
+    return values_B.mean() if weight is None else jnp.sum(values_B * weight) / count
+
   def loss_fn(params):
     logp, updates = model.apply(_variables(params, state.batch_stats), x, train=True,
-                                rngs={"dropout": step_key}, mutable=["batch_stats"])
-    data_loss = nll(logp, labels).mean()
-    loss = data_loss + optim.l2_penalty(params, state.hparams["l2"], labels.shape[0])
+                                mask=mask, rngs={"dropout": step_key}, mutable=["batch_stats"])
+    data_loss = mean(nll(logp, labels))
+    loss = data_loss + optim.l2_penalty(params, state.hparams["l2"], count)
     return loss, (data_loss, logp, updates.get("batch_stats", {}))
 
   (loss, (data_loss, logp, batch_stats)), grads = jax.value_and_grad(
@@ -91,7 +99,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: nn.Mod
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step_metrics = {"loss": loss, "data_loss": data_loss,
-                  "accuracy": jnp.mean(jnp.argmax(logp, -1) == labels),
+                  "accuracy": mean((jnp.argmax(logp, -1) == labels).astype(jnp.float32)),
                   "grad_norm": optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                        opt_state=opt_state), step_metrics
@@ -116,21 +124,22 @@ def evaluate(eval_fn: Callable, state: TrainState, split: data.Split, batch_size
   for batch in data.eval_batches(split, batch_size):
     out = eval_fn(state, batch)
     sums.append((out["loss_sum"], out["correct"]))
-    if return_predictions:
-      predictions.append(out["prediction"][batch["mask"]])
-  loss_sum, correct = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0)
+    if return_predictions:  # [:n]: a data-parallel batch may come back padded
+      predictions.append(parallel.to_host(out["prediction"])[:len(batch["mask"])][batch["mask"]])
+  loss_sum, correct = np.sum(np.asarray(parallel.to_host(sums), np.float64), axis=0)
   result = {"loss": float(loss_sum / len(split)), "accuracy": float(100.0 * correct / len(split))}
   if return_predictions:
-    result["predictions"] = np.concatenate(jax.device_get(predictions))
+    result["predictions"] = np.concatenate(predictions)
   return result
 
 
-def make_steps(model: nn.Module, tx: optax.GradientTransformation,
-               norm: tuple[float, float]) -> tuple[Callable, Callable]:
-  """The jitted train step (state donated) and eval step of a run."""
-  train_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, norm=norm),
-                     donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model, norm=norm))
+def make_steps(model: nn.Module, tx: optax.GradientTransformation, norm: tuple[float, float],
+               dp: parallel.DataParallel | None = None) -> tuple[Callable, Callable]:
+  """The jitted train step (state donated) and eval step of a run; with dp, data-parallel
+  over its devices (they take host batches and a state placed with dp.put_replicated)."""
+  train_fn = parallel.jit_step(functools.partial(train_step, model=model, tx=tx, norm=norm),
+                               dp, donate_state=True, replicate_outputs=True)
+  eval_fn = parallel.jit_step(functools.partial(eval_step, model=model, norm=norm), dp)
   return train_fn, eval_fn
 
 
@@ -188,7 +197,7 @@ class _StopRequest:
 
 
 def _evaluate_epoch(config, eval_fn, state, dataset, epoch, examples_seen) -> dict[str, Any]:
-  record: dict[str, Any] = {"epoch": epoch, "step": int(state.step),
+  record: dict[str, Any] = {"epoch": epoch, "step": int(parallel.to_host(state.step)),
                             "examples_seen": examples_seen}
   if config.eval_train:
     train_eval = evaluate(eval_fn, state, dataset.train, config.eval_batch_size)
@@ -224,15 +233,18 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
     Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept for --resume.
   """
   wall_start = time.perf_counter()
+  dp = parallel.make(config.validate().devices)  # before the data: a wrong count fails fast
   dataset, model, tx, norm = setup(config, dataset)
   init_key, dropout_key, shuffle_key = run_keys(config.seed)  # data order: the base seed's
-  train_fn, eval_fn = make_steps(model, tx, norm)
+  train_fn, eval_fn = make_steps(model, tx, norm, dp)
   group = sweep_lib.members(config, sweep) if sweep else None
   if group:
     state, dropout_key = sweep_lib.create_states(model, group, "dropout" in sweep)
-    train_fn = sweep_lib.make_sweep_step(model, tx, norm)
+    train_fn = sweep_lib.make_sweep_step(model, tx, norm, dp)
   else:
     state = create_state(model, tx, init_key, config.l2)
+  place = dp.put_replicated if dp else (lambda tree: tree)
+  state, dropout_key = place(state), place(dropout_key)
   out = reporting.Workdir(workdir, log) if workdir else None
   log = out.log if out else log
   ckpt = Checkpoints(out.path / "checkpoints") if out and config.checkpoint else None
@@ -243,10 +255,10 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
     state, saved = ckpt.restore(ckpt.latest_epoch(), state)
     # Hyperparameters come from the config, also where the resumed run's flags changed them.
     alive = {"alive": state.hparams["alive"]} if group else {}  # frozen members stay frozen
-    state = state.replace(hparams={**fresh.hparams, **alive}, opt_state=_with_hyperparams(
-        state.opt_state, fresh.opt_state))
+    state = place(state.replace(hparams={**fresh.hparams, **alive}, opt_state=_with_hyperparams(
+        state.opt_state, fresh.opt_state)))
     start_epoch, examples_seen = saved["epoch"], saved["examples_seen"]
-    step = int(np.max(state.step))  # members of a sweep share their step
+    step = int(np.max(parallel.to_host(state.step)))  # members of a sweep share their step
     out.truncate_after(start_epoch, step)
     log(f"resumed from the checkpoint of epoch {start_epoch} (step {step})")
   elif out:
@@ -259,6 +271,9 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
   log(f"{config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, "
       f"from {dataset.source}): {num_params:,} parameters, normalization mean {norm[0]:.4f} "
       f"std {norm[1]:.4f}, {config.optimizer} lr {config.lr:g}, {jax.default_backend()} backend"
+      + (f", data-parallel over {dp.size} devices (batch {config.batch_size}"
+         + (f" padded to {dp.padded_size(config.batch_size)})" if
+            dp.padded_size(config.batch_size) != config.batch_size else ")") if dp else "")
       + (f"; sweep of {len(group)} members in one program" if group else ""))
 
   steps_per_epoch = data.num_train_steps(len(dataset.train), config.batch_size,
@@ -303,7 +318,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
       "compile_seconds": timing["compile_seconds"],
       "train_images_per_second": (timing["train_images"] / timing["train_seconds"]
                                   if timing["train_seconds"] else None),
-      "backend": jax.default_backend(), "devices": len(jax.devices())}
+      "backend": jax.default_backend(), "devices": dp.size if dp else 1}
   if group:
     rows = [{"member": m.name, "settings": m.settings, "test_accuracy": r["test_accuracy"],
              "test_loss": r["test_loss"], "train_accuracy": r.get("train_accuracy"),
@@ -312,13 +327,13 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
     summary.update(members=rows, by_setting=sweep_lib.aggregate(rows),
                    member_images_per_second=(summary["train_images_per_second"] or 0) * len(group))
     log(sweep_lib.format_table(rows))
-    if out:
+    if out and out.primary:
       out.write_json("summary.json", summary)
       plots.sweep(out.read("metrics.jsonl"), sweep, out.path)
   else:
     final = evaluate(eval_fn, state, dataset.test, config.eval_batch_size,
                      return_predictions=True)
-    if out:
+    if out and out.primary:
       summary["best_test_accuracy"] = max(r["test_accuracy"] for r in out.read("metrics.jsonl"))
       _write_results(out, dataset, final["predictions"], summary)
     log(f"final test accuracy {records[-1]['test_accuracy']:.2f}%, wall "
@@ -371,7 +386,7 @@ def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epo
       bar.update(1)
       stop.check()
       if (i + 1) % config.log_every == 0 or i + 1 == steps_per_epoch:
-        losses = np.asarray(jax.device_get([loss for _, _, loss in pending]))  # (n[, K])
+        losses = np.asarray(parallel.to_host([loss for _, _, loss in pending]))  # (n[, K])
         rows = [{"epoch": epoch, "step": s, "examples_seen": n} for s, n, _ in pending]
         pending = []
         if group:
@@ -401,7 +416,7 @@ def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epo
 
 def _freeze_report(state, group, frozen: set, step, epoch, log) -> None:
   """Logs members that diverged since the last interval; raises if none is left."""
-  alive = np.asarray(jax.device_get(state.hparams["alive"]))
+  alive = parallel.to_host(state.hparams["alive"])
   for k in np.flatnonzero(~alive):
     if k not in frozen:
       frozen.add(k)

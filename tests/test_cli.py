@@ -48,6 +48,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     ("--activation=swish", ["choose one of: relu, sigmoid, tanh, prelu"]),
     ("--epochs=two", ["--epochs=two"]),
     ("--no_such_flag=1", ["no_such_flag"]),
+    ("--devices=64", ["--devices=64: only 1 local cpu device(s)", "--devices=1 or fewer",
+                      "xla_force_host_platform_device_count"]),
 ])
 def test_bad_flags_get_one_line_naming_the_choices(flag, fragments):
   assert_one_line_error(run(flag), *fragments)

@@ -1,0 +1,82 @@
+"""Data parallelism: four fake CPU devices compute what one device computes.
+
+JAX fixes its device count when it starts, so the four-device runs happen in one
+subprocess (tests/parallel_worker.py) started with
+XLA_FLAGS=--xla_force_host_platform_device_count=4; the tests check its report.
+Tolerance: the same float32 sums taken in another order (per-device partial sums
+then an all-reduce), relative 1e-4 of (1 + |value|) after a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from mnistjax import parallel
+from mnistjax.errors import ConfigError
+
+HERE = pathlib.Path(__file__).parent
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(HERE)}
+  proc = subprocess.run([sys.executable, str(HERE / "parallel_worker.py")], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_worker_sees_four_devices(report):
+  assert report["device_count"] == 4
+
+
+@pytest.mark.parametrize("case", ["lenet_dropout", "cnn3_batchnorm", "uneven_batchnorm",
+                                  "sweep_x_data"])
+def test_four_devices_train_the_same_model_as_one(report, case):
+  r = report[case]
+  assert r["devices"] == [1, 4]
+  assert r["sharding"] == "P()"  # parameters stay replicated
+  assert r["params"] < TOL
+  # BatchNorm statistics are global (SyncBN): per-device statistics would differ here.
+  assert r["batch_stats"] < TOL
+  assert r["accuracy"][0] == r["accuracy"][1]
+
+
+def test_each_device_gets_its_slice_of_the_batch(report):
+  assert report["shards_32"] == {"image": [[8, 28, 28]] * 4, "label": [[8]] * 4}
+
+
+def test_an_uneven_batch_is_padded_with_masked_examples(report):
+  assert report["shards_30"]["image"] == [[8, 28, 28]] * 4
+  assert report["mask_30"] == [True] * 30 + [False] * 2
+
+
+def test_more_devices_than_present_is_a_one_line_error(report):
+  message = report["too_many"]
+  assert "--devices=8" in message and "--devices=4 or fewer" in message
+  assert "\n" not in message
+
+
+def test_one_device_runs_the_plain_program():
+  assert parallel.make(1) is None
+  with pytest.raises(ConfigError, match="must be >= 0"):
+    parallel.make(-1)
+
+
+def test_distributed_initialisation_only_when_a_launcher_asks_for_it():
+  assert parallel.initialize_distributed({}) is False
+  assert parallel.initialize_distributed({"SLURM_NTASKS": "1"}) is False
+  with pytest.raises(ConfigError, match="JAX_PROCESS_ID"):
+    parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
+                                     "JAX_NUM_PROCESSES": "2"})
+  with pytest.raises(ConfigError, match=r"must be in \[0"):
+    parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
+                                     "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"})
