@@ -90,8 +90,18 @@ class DataParallel:
     return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
 
   def put_replicated(self, tree: Any) -> Any:
-    """Every leaf of tree copied to every device (the train state, keys)."""
-    return jax.device_put(tree, self.replicated)
+    """Every leaf of tree copied to every device (the train state, keys); every host must
+    pass the same values."""
+    if jax.process_count() == 1:
+      return jax.device_put(tree, self.replicated)
+
+    def put(x):
+      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                        impl=jax.random.key_impl(x))
+      value = np.asarray(x)
+      return jax.make_array_from_callback(value.shape, self.replicated, lambda idx: value[idx])
+    return jax.tree.map(put, tree)
 
   def padded_size(self, batch_size: int) -> int:
     return -(-batch_size // self.size) * self.size

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mnistjax import parallel
@@ -80,3 +82,43 @@ def test_distributed_initialisation_only_when_a_launcher_asks_for_it():
   with pytest.raises(ConfigError, match=r"must be in \[0"):
     parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
                                      "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"})
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_what_one_process_does(tmp_path):
+  """A two-host job on one machine (2 processes x 2 fake CPU devices, gloo collectives)
+  against a single process with one device."""
+  base = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(HERE),
+          "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
+    base.pop(var, None)
+  worker = [sys.executable, str(HERE / "multihost_worker.py")]
+  single = subprocess.run([*worker, str(tmp_path / "single")], env=base, capture_output=True,
+                          text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  job = {**base, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+  procs = [subprocess.Popen([*worker, str(tmp_path / "job")], env={**job, "JAX_PROCESS_ID": str(i)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  for proc in procs:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+  one = np.load(tmp_path / "single" / "process_0.npz")
+  assert int(one["processes"]) == 1
+  for i in range(2):
+    got = np.load(tmp_path / "job" / f"process_{i}.npz")
+    assert int(got["processes"]) == 2 and int(got["devices"]) == 4
+    assert float(got["accuracy"]) == float(one["accuracy"])
+    for name in one.files:
+      if name.startswith("arr_"):
+        np.testing.assert_allclose(got[name], one[name], rtol=TOL, atol=TOL)
+  # Only process 0 writes the results; both took part in the checkpoint.
+  lines = (tmp_path / "job" / "workdir" / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 2  # epoch 0 and epoch 1, written once
+  assert (tmp_path / "job" / "workdir" / "checkpoints" / "1").is_dir()
