@@ -206,6 +206,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array] | None] = {
 }
 
 
+# Non-decreasing activations: max-pooling commutes with them, max(f(a), f(b)) = f(max(a, b)),
+# so a model may pool first and apply them to 4x fewer values. (PReLU's learned slope may turn
+# negative, so it is not here.)
+MONOTONE_ACTIVATIONS = ("relu", "sigmoid", "tanh")
+
+
 def activation(name: str, prelu_init: float = 0.25) -> Callable[[jax.Array], jax.Array]:
   """The activation by name. "prelu" is a PReLU submodule (one slope, shared wherever it is
   called): create it inside a compact method, once per model."""

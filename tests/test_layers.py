@@ -154,3 +154,14 @@ def test_max_pool_equals_reduce_window(window, stride, size):
   np.testing.assert_array_equal(
       layers.max_pool(x, window, stride),
       nn.max_pool(x, (window, window), strides=(stride, stride)))
+
+
+@pytest.mark.parametrize("name", layers.MONOTONE_ACTIVATIONS)
+def test_pooling_commutes_with_the_activations_models_pool_first(name):
+  # ConvNet pools before these activations; that is exact only if they never decrease.
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 4)) * 3
+  act = layers.activation(name)
+  np.testing.assert_array_equal(layers.max_pool(act(x), 2), act(layers.max_pool(x, 2)))
+  grad_first = jax.grad(lambda v: jnp.sum(layers.max_pool(act(v), 2) ** 2))(x)
+  grad_pooled = jax.grad(lambda v: jnp.sum(act(layers.max_pool(v, 2)) ** 2))(x)
+  np.testing.assert_allclose(grad_first, grad_pooled, rtol=1e-6, atol=1e-7)
