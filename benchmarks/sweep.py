@@ -55,7 +55,8 @@ def main(_):
   print(f"{'K':>3} {'ms/step':>9} {'model-img/s':>12} {'sequential':>12} {'ratio':>6}")
   for k in FLAGS.members:
     group = sweep.members(cfg, {"seed": tuple(range(k))})
-    state, keys = sweep.create_states(model, group, sweep_dropout=FLAGS.dropout > 0)
+    state, keys = sweep.create_states(model, group, sweep_dropout=FLAGS.dropout > 0,
+                                      num_train=60000)
     t_sweep = _time(sweep.make_sweep_step(model, tx, norm), state, batch, keys, FLAGS.steps)
     images = k * FLAGS.batch_size
     print(f"{k:>3} {t_sweep * 1e3:9.2f} {images / t_sweep:12.0f} "

@@ -48,6 +48,9 @@ class Config:
   beta1: float = _field(0.9, "Adam first-moment decay")
   beta2: float = _field(0.999, "Adam second-moment decay")
   l2: float = _field(0.0, "L2 penalty in the loss: l2 / (2 m) * sum of squared weights (S4)")
+  schedule: str = _field("constant", "learning-rate schedule after the warm-up: "
+                         + ", ".join(optim.SCHEDULES) + " (decays reach 0 at the last step)")
+  warmup_epochs: float = _field(0.0, "linear learning-rate warm-up from 0, in epochs")
   epochs: int = _field(5, "training epochs")
   batch_size: int = _field(64, "training batch size")
   drop_remainder: bool = _field(False, "drop the last partial training batch of each epoch")
@@ -83,6 +86,7 @@ class Config:
     choose("data_source", self.data_source, data.DATA_SOURCES)
     choose("normalization", self.normalization, data.NORMALIZATION_CHOICES)
     choose("optimizer", self.optimizer, optim.OPTIMIZERS)
+    choose("schedule", self.schedule, optim.SCHEDULES)
     if self.activation is not None:
       choose("activation", self.activation, layers.ACTIVATIONS)
     if self.init is not None:
@@ -95,6 +99,7 @@ class Config:
     check("beta1", lambda v: 0 <= v < 1, "in [0, 1)")
     check("beta2", lambda v: 0 <= v < 1, "in [0, 1)")
     check("eps", lambda v: v > 0, "> 0")
+    check("warmup_epochs", lambda v: 0 <= v <= self.epochs, "in [0, --epochs]")
     check("epochs", lambda v: v >= 1, ">= 1")
     check("batch_size", lambda v: v >= 1, ">= 1")
     check("devices", lambda v: v >= 0, ">= 0 (0 = every local device)")

@@ -57,16 +57,44 @@ OPTIMIZERS: dict[str, Optimizer] = {
 }
 
 
-def make(name: str, **hparams) -> optax.GradientTransformation:
-  """The optimiser registered under name, built from the hyperparameters it uses."""
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
+  """The factor on the learning rate at each step: a linear warm-up from 0 over warmup_steps,
+  then 1 ("constant") or a decay to 0 at total_steps ("linear", "cosine")."""
+  if schedule not in SCHEDULES:
+    raise ConfigError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+  decay_steps = max(total_steps - warmup_steps, 1)
+  after = {"constant": lambda: optax.constant_schedule(1.0),
+           "linear": lambda: optax.linear_schedule(1.0, 0.0, decay_steps),
+           "cosine": lambda: optax.cosine_decay_schedule(1.0, decay_steps)}[schedule]()
+  if warmup_steps <= 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup_steps), after],
+                              [warmup_steps])
+
+
+def make(name: str, schedule: optax.Schedule | None = None, **hparams
+         ) -> optax.GradientTransformation:
+  """The optimiser registered under name, built from the hyperparameters it uses; with
+  schedule, its updates are scaled by schedule(step) (PyTorch's LR schedulers: the momentum
+  buffer holds unscaled gradients, the step is lr * factor * buffer)."""
   if name not in OPTIMIZERS:
     raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
   spec = OPTIMIZERS[name]
   missing = [k for k in spec.hparams if k not in hparams]
   if missing:
     raise ConfigError(f"optimizer {name!r} needs {', '.join(missing)}")
-  return optax.inject_hyperparams(spec.build, static_args=spec.static)(
+  tx = optax.inject_hyperparams(spec.build, static_args=spec.static)(
       **{k: hparams[k] for k in spec.hparams})
+  return tx if schedule is None else optax.chain(tx, optax.scale_by_schedule(schedule))
+
+
+def injected(opt_state):
+  """The state of the injected hyperparameters (`.hyperparams`) inside an optimiser state of
+  `make`, with or without a schedule."""
+  return opt_state if hasattr(opt_state, "hyperparams") else opt_state[0]
 
 
 def l2_penalty(params, l2: float | jax.Array, batch_size: int | jax.Array) -> jax.Array:

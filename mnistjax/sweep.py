@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnistjax import optim, parallel
+from mnistjax import parallel
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError
 
@@ -77,9 +77,9 @@ def unstack(tree: Any, k: int) -> Any:
   return jax.tree.map(lambda a: a[k], tree)
 
 
-def create_states(model, group: list[Member], sweep_dropout: bool):
+def create_states(model, group: list[Member], sweep_dropout: bool, num_train: int):
   """Stacked initial states (each member from its own seed and hyperparameters), and the
-  members' dropout keys."""
+  members' dropout keys. num_train: training examples per epoch (the schedule's length)."""
   from mnistjax import train  # pylint: disable=g-import-not-at-top
 
   states, keys = [], []
@@ -88,7 +88,7 @@ def create_states(model, group: list[Member], sweep_dropout: bool):
     init_key, dropout_key, _ = train.run_keys(cfg.seed)
     # The member's own optimiser holds its hyperparameters in the state it initialises; the
     # shared `tx` then updates every member with the values found there.
-    member_tx = optim.make(cfg.optimizer, **cfg.optimizer_hparams())
+    member_tx = train.make_optimizer(cfg, num_train)
     state = train.create_state(model, member_tx, init_key, cfg.l2)
     hparams = {**state.hparams, "alive": jnp.asarray(True)}
     if sweep_dropout:

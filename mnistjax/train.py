@@ -159,15 +159,26 @@ def setup(config: Config, dataset: data.Dataset | None = None):
         dataset.name, dataset.train.take(config.train_limit or len(dataset.train)),
         dataset.test.take(config.test_limit or len(dataset.test)), dataset.source)
   model = models.build(config.model, **config.model_settings())
-  tx = optim.make(config.optimizer, **config.optimizer_hparams())
+  tx = make_optimizer(config, len(dataset.train))
   norm = data.normalization(config.normalization, dataset)
   return dataset, model, tx, norm
+
+
+def make_optimizer(config: Config, num_train: int) -> optax.GradientTransformation:
+  """The config's optimiser, with its learning-rate schedule over the run's steps."""
+  if config.schedule == "constant" and not config.warmup_epochs:
+    return optim.make(config.optimizer, **config.optimizer_hparams())
+  steps_per_epoch = data.num_train_steps(num_train, config.batch_size, config.drop_remainder)
+  schedule = optim.lr_multiplier(config.schedule, config.epochs * steps_per_epoch,
+                                 round(config.warmup_epochs * steps_per_epoch))
+  return optim.make(config.optimizer, schedule=schedule, **config.optimizer_hparams())
 
 
 def _with_hyperparams(opt_state, source):
   """opt_state with the injected hyperparameters of source (an optimiser state of the same
   optimiser)."""
-  return opt_state._replace(hyperparams=source.hyperparams)
+  hyper = optim.injected(opt_state)._replace(hyperparams=optim.injected(source).hyperparams)
+  return hyper if hasattr(opt_state, "hyperparams") else (hyper, *opt_state[1:])
 
 
 class _StopRequest:
@@ -239,7 +250,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
   train_fn, eval_fn = make_steps(model, tx, norm, dp)
   group = sweep_lib.members(config, sweep) if sweep else None
   if group:
-    state, dropout_key = sweep_lib.create_states(model, group, "dropout" in sweep)
+    state, dropout_key = sweep_lib.create_states(model, group, "dropout" in sweep,
+                                                 len(dataset.train))
     train_fn = sweep_lib.make_sweep_step(model, tx, norm, dp)
   else:
     state = create_state(model, tx, init_key, config.l2)

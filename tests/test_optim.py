@@ -98,3 +98,32 @@ def test_l2_penalty_counts_kernels_only():
 def test_unknown_optimizer_lists_the_choices():
   with pytest.raises(ConfigError, match="choose one of: sgd, rmsprop, adam"):
     optim.make("lamb", learning_rate=0.1)
+
+
+def test_schedules_warm_up_linearly_then_hold_or_decay_to_zero():
+  total, warmup = 100, 10
+  for name in optim.SCHEDULES:
+    f = optim.lr_multiplier(name, total, warmup)
+    np.testing.assert_allclose([f(0), f(5), f(10)], [0.0, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(f(total), 1.0 if name == "constant" else 0.0, atol=1e-6)
+    values = np.array([f(t) for t in range(warmup, total + 1)])
+    assert np.all(np.diff(values) <= 1e-7)  # never rises after the warm-up
+  np.testing.assert_allclose(optim.lr_multiplier("cosine", 100)(50), 0.5, atol=1e-6)
+  with pytest.raises(ConfigError, match="choose one of: constant, linear, cosine"):
+    optim.lr_multiplier("step", 10)
+
+
+def test_a_schedule_scales_the_sgd_step_as_a_pytorch_scheduler_does():
+  # PyTorch: buf = m * buf + g; p -= lr_t * buf, with lr_t = lr * factor(t).
+  f = optim.lr_multiplier("linear", 4)
+  tx = optim.make("sgd", schedule=f, learning_rate=0.1, momentum=0.5, weight_decay=0.0,
+                  nesterov=False)
+  p, state, buf, expected = jnp.zeros(2), None, 0.0, 0.0
+  state = tx.init(p)
+  for t in range(4):
+    updates, state = tx.update(jnp.ones(2), state, p)
+    p = optax.apply_updates(p, updates)
+    buf = 0.5 * buf + 1.0
+    expected -= 0.1 * float(f(t)) * buf
+  np.testing.assert_allclose(p, expected, rtol=1e-6)
+  assert optim.injected(state).hyperparams["learning_rate"] == pytest.approx(0.1)

@@ -109,3 +109,23 @@ def test_one_epoch_of_lenet_relu_reaches_97_percent(mnist):
   result = train.train_and_evaluate(cfg, dataset=mnist, **quiet())
   assert result["final"]["step"] == 938  # 937 full batches and the last 32 examples
   assert result["final"]["test_accuracy"] >= 97.0
+
+
+def test_a_run_with_a_schedule_interrupted_in_epoch_2_resumes_bit_for_bit(tmp_path, monkeypatch):
+  cfg = config_lib.Config(epochs=2, batch_size=32, schedule="cosine", warmup_epochs=0.5)
+  ds = synthetic()
+  straight = train.train_and_evaluate(cfg, str(tmp_path / "a"), ds, **quiet())
+  evaluate = train._evaluate_members  # pylint: disable=protected-access
+
+  def interrupt_in_epoch_2(config, eval_fn, state, group, dataset, epoch, *rest):
+    if epoch == 2:
+      raise KeyboardInterrupt
+    return evaluate(config, eval_fn, state, group, dataset, epoch, *rest)
+
+  monkeypatch.setattr(train, "_evaluate_members", interrupt_in_epoch_2)
+  with pytest.raises(train.Interrupted, match="checkpoint of epoch 1"):
+    train.train_and_evaluate(cfg, str(tmp_path / "b"), ds, **quiet())
+  monkeypatch.setattr(train, "_evaluate_members", evaluate)
+  resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"), ds, resume=True, **quiet())
+  for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(a, b)
