@@ -17,6 +17,7 @@ PROTOCOLS = {
                lr=1e-3, alpha=0.9, eps=1e-8, epochs=100),
     "s4": dict(model="mlp_deep", normalization="none", optimizer="sgd", lr=0.01, momentum=0.0,
                batch_size=64, epochs=15),
+    "sp": dict(dataset="mnist", eval_train=False),  # the speedrun: any network and schedule
 }
 
 # What a study changes on purpose (checked in test_variants_are_the_notebook_rows).
@@ -69,3 +70,16 @@ def test_bad_study_or_override_is_a_config_error():
     studies.expand("s3")
   with pytest.raises(ConfigError, match="--lr=-1"):
     studies.expand("s0_activation", {"lr": -1})
+
+
+def test_the_speedrun_trains_five_seeds_as_one_sweep_and_checks_its_target():
+  assert studies.as_sweep("speedrun") == {"seed": (0, 1, 2, 3, 4)}
+  study = studies.STUDIES["speedrun"]
+  rows = [{"test_accuracy": a, "wall_seconds": 50.0, "compile_seconds": 2.0, "run": "sweep"}
+          for a in (99.1, 99.0, 98.9, 99.2, 99.05)]
+  outcome = studies.target_outcome(study, rows)
+  assert outcome["reached"] and outcome["mean"] == pytest.approx(99.05)
+  assert outcome["wall_seconds"] == 50.0 and outcome["compile_seconds"] == 2.0
+  assert "reached" in outcome["line"] and "48.0 s without" in outcome["line"]
+  rows[0]["test_accuracy"] = 98.0
+  assert not studies.target_outcome(study, rows)["reached"]
