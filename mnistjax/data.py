@@ -385,13 +385,26 @@ def epoch_permutation(shuffle_key: jax.Array, epoch: int, n: int) -> np.ndarray:
 
 
 def train_batches(split: Split, batch_size: int, shuffle_key: jax.Array, epoch: int,
-                  drop_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled batches of one epoch; the last, smaller batch is kept unless drop_remainder."""
+                  drop_remainder: bool = False, masked: bool = False
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled batches of one epoch; the last, smaller batch is kept unless drop_remainder.
+
+  masked: every batch carries a "mask" of its real examples and the last one is padded to
+  the full size, so that one compiled step serves the whole epoch (the padding has no
+  weight in the step: see train.train_step).
+  """
   order = epoch_permutation(shuffle_key, epoch, len(split))
   stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
   for start in range(0, stop, batch_size):
     idx = order[start:start + batch_size]
-    yield {"image": split.images[idx], "label": split.labels[idx].astype(np.int32)}
+    batch = {"image": split.images[idx], "label": split.labels[idx].astype(np.int32)}
+    if masked:
+      pad = batch_size - len(idx)
+      batch = {"image": np.concatenate([batch["image"], np.zeros((pad, *split.images.shape[1:]),
+                                                                  np.uint8)]),
+               "label": np.concatenate([batch["label"], np.zeros(pad, np.int32)]),
+               "mask": np.arange(batch_size) < len(idx)}
+    yield batch
 
 
 def num_train_steps(n: int, batch_size: int, drop_remainder: bool = False) -> int:

@@ -374,13 +374,15 @@ def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epo
                  steps_per_epoch, examples_seen, timing, out, stop, group=None, log=print):
   """Trains one epoch; pulls the losses to the host once per log interval."""
   pending: list[tuple[int, int, jax.Array]] = []  # (step, examples seen, loss on device)
+  # Masked batches, the last one padded: one compiled step for the epoch, not two.
   batches = data.train_batches(dataset.train, config.batch_size, shuffle_key, epoch,
-                               config.drop_remainder)
+                               config.drop_remainder, masked=True)
   t_steady, images_steady = time.perf_counter(), 0
   with reporting.progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
     for i, batch in enumerate(batches):
-      size = len(batch["label"])
-      compiles = size not in timing["shapes"]  # the first call of each batch shape compiles
+      size = int(batch["mask"].sum())  # real examples
+      shape = len(batch["label"])
+      compiles = shape not in timing["shapes"]  # the first call of each batch shape compiles
       if compiles:
         jax.block_until_ready(state)
         t0 = time.perf_counter()
@@ -390,7 +392,7 @@ def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epo
       pending.append((i + 1 + (epoch - 1) * steps_per_epoch, examples_seen, step_metrics["loss"]))
       if compiles:  # its time is reported apart from the steady-state throughput
         jax.block_until_ready(state)
-        timing["shapes"].add(size)
+        timing["shapes"].add(shape)
         timing["compile_seconds"] += time.perf_counter() - t0
         t_steady = time.perf_counter()
       else:

@@ -4,7 +4,10 @@ JAX fixes its device count when it starts, so the four-device runs happen in one
 subprocess (tests/parallel_worker.py) started with
 XLA_FLAGS=--xla_force_host_platform_device_count=4; the tests check its report.
 Tolerance: the same float32 sums taken in another order (per-device partial sums
-then an all-reduce), relative 1e-4 of (1 + |value|) after a few steps.
+then an all-reduce), relative 1e-4 of (1 + |value|) after a few steps for parameters;
+1e-3 for BatchNorm's running variance, computed as E[x^2] - E[x]^2, whose cancellation
+magnifies those rounding differences (a BatchNorm that counted the padded examples is
+off by 0.75).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mnistjax.errors import ConfigError
 
 HERE = pathlib.Path(__file__).parent
 TOL = 1e-4
+BN_TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def test_four_devices_train_the_same_model_as_one(report, case):
   assert r["sharding"] == "P()"  # parameters stay replicated
   assert r["params"] < TOL
   # BatchNorm statistics are global (SyncBN): per-device statistics would differ here.
-  assert r["batch_stats"] < TOL
+  assert r["batch_stats"] < BN_TOL
   assert r["accuracy"][0] == r["accuracy"][1]
 
 
