@@ -60,6 +60,8 @@ class Config:
   eval_batch_size: int = _field(500, "evaluation batch size")
   eval_train: bool = _field(True, "evaluate the full training set after each epoch (as S0)")
   log_every: int = _field(100, "log the training loss every N steps")
+  epoch_loop: str = _field("auto", "python (a jitted step per batch), scan (the dataset on the "
+                           "device, each epoch one lax.scan program), auto (scan on GPU/TPU)")
   checkpoint: bool = _field(True, "checkpoint every epoch in the workdir (for --resume)")
 
   def replace(self, **changes) -> Config:
@@ -87,6 +89,7 @@ class Config:
     choose("normalization", self.normalization, data.NORMALIZATION_CHOICES)
     choose("optimizer", self.optimizer, optim.OPTIMIZERS)
     choose("schedule", self.schedule, optim.SCHEDULES)
+    choose("epoch_loop", self.epoch_loop, ("auto", "python", "scan"))
     if self.activation is not None:
       choose("activation", self.activation, layers.ACTIVATIONS)
     if self.init is not None:

@@ -164,6 +164,14 @@ def setup(config: Config, dataset: data.Dataset | None = None):
   return dataset, model, tx, norm
 
 
+def scanned_epochs(config: Config) -> bool:
+  """Whether epochs run as one scanned program: --epoch_loop, "auto" choosing it on GPU/TPU
+  (on XLA:CPU the Python loop of jitted steps is faster)."""
+  if config.epoch_loop == "auto":
+    return jax.default_backend() != "cpu"
+  return config.epoch_loop == "scan"
+
+
 def make_optimizer(config: Config, num_train: int) -> optax.GradientTransformation:
   """The config's optimiser, with its learning-rate schedule over the run's steps."""
   if config.schedule == "constant" and not config.warmup_epochs:
@@ -290,6 +298,12 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
 
   steps_per_epoch = data.num_train_steps(len(dataset.train), config.batch_size,
                                          config.drop_remainder)
+  epoch_fn = resident = None
+  if scanned_epochs(config):  # the dataset on the device, each epoch one program
+    step = (functools.partial(sweep_lib.sweep_step, model=model, tx=tx, norm=norm) if group
+            else functools.partial(train_step, model=model, tx=tx, norm=norm))
+    epoch_fn = make_scan_epoch(step, config, dp)
+    resident = place((jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels)))
   timing = {"compile_seconds": 0.0, "train_seconds": 0.0, "train_images": 0, "shapes": set()}
   records: list[dict[str, Any]] = []
   with _StopRequest() as stop:
@@ -299,9 +313,15 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
         _report(records, out, log, "  (untrained)")
       for epoch in range(start_epoch + 1, config.epochs + 1):
         start = time.perf_counter()
-        state, examples_seen = _train_epoch(config, train_fn, state, dataset, shuffle_key,
-                                            dropout_key, epoch, steps_per_epoch, examples_seen,
-                                            timing, out, stop, group, log)
+        if epoch_fn:
+          state, examples_seen = _train_epoch_scanned(
+              config, epoch_fn, state, resident, shuffle_key, dropout_key, epoch,
+              steps_per_epoch, examples_seen, timing, out, group, log)
+          stop.check()
+        else:
+          state, examples_seen = _train_epoch(config, train_fn, state, dataset, shuffle_key,
+                                              dropout_key, epoch, steps_per_epoch,
+                                              examples_seen, timing, out, stop, group, log)
         train_seconds = time.perf_counter() - start
         records = _evaluate_members(config, eval_fn, state, group, dataset, epoch,
                                     examples_seen)
@@ -403,29 +423,94 @@ def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epo
         losses = np.asarray(parallel.to_host([loss for _, _, loss in pending]))  # (n[, K])
         rows = [{"epoch": epoch, "step": s, "examples_seen": n} for s, n, _ in pending]
         pending = []
-        if group:
-          _freeze_report(state, group, timing.setdefault("frozen", set()), rows[-1]["step"],
-                         epoch, log)
-          finite = np.isfinite(losses)
-          count = finite.sum(0)
-          mean = np.where(count > 0, np.where(finite, losses, 0).sum(0) / np.maximum(count, 1),
-                          np.nan)  # per member, over its finite steps
-          bar.set_postfix(loss=f"{mean[np.isfinite(mean)].mean():.4f}")
-        else:
-          if not np.all(np.isfinite(losses)):
-            bad = int(np.argmin(np.isfinite(losses)))
-            raise NonFiniteLoss(f"the training loss became {losses[bad]} at step "
-                                f"{rows[bad]['step']} (epoch {epoch}); lower --lr or check the "
-                                "data")
-          mean = losses.mean()
-          bar.set_postfix(loss=f"{mean:.4f}")
-        if out:
-          out.append("train_log.jsonl", {**rows[-1], "interval": len(rows),
-                                         "loss": np.asarray(mean).tolist()})
+        _log_interval(losses, rows, state, group, timing, epoch, out, log, bar)
   jax.block_until_ready(state)
   timing["train_seconds"] += time.perf_counter() - t_steady
   timing["train_images"] += images_steady
   return state, examples_seen
+
+
+def _log_interval(losses, rows, state, group, timing, epoch, out, log, bar) -> None:
+  """One log interval's training losses (n steps [x K members]): NaN check or freeze report,
+  progress-bar text, a train_log.jsonl row."""
+  if group:
+    _freeze_report(state, group, timing.setdefault("frozen", set()), rows[-1]["step"],
+                   epoch, log)
+    finite = np.isfinite(losses)
+    count = finite.sum(0)
+    mean = np.where(count > 0, np.where(finite, losses, 0).sum(0) / np.maximum(count, 1),
+                    np.nan)  # per member, over its finite steps
+    bar.set_postfix(loss=f"{mean[np.isfinite(mean)].mean():.4f}")
+  else:
+    if not np.all(np.isfinite(losses)):
+      bad = int(np.argmin(np.isfinite(losses)))
+      raise NonFiniteLoss(f"the training loss became {losses[bad]} at step "
+                          f"{rows[bad]['step']} (epoch {epoch}); lower --lr or check the data")
+    mean = losses.mean()
+    bar.set_postfix(loss=f"{mean:.4f}")
+  if out:
+    out.append("train_log.jsonl", {**rows[-1], "interval": len(rows),
+                                   "loss": np.asarray(mean).tolist()})
+
+
+def scan_epoch(state, images, labels, epoch, shuffle_key, dropout_key, *, step_fn: Callable,
+               batch_size: int, drop_remainder: bool, batch_sharding=None):
+  """One epoch as one program (the accelerator path): the dataset lives on the device as uint8,
+  the epoch is shuffled there (the order of data.epoch_permutation), and `lax.scan` runs
+  step_fn over its batches, the last one padded and masked as data.train_batches(masked=True)
+  does. Returns the final state and the loss of every step."""
+  n = images.shape[0]
+  steps = data.num_train_steps(n, batch_size, drop_remainder)
+  order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+  total = steps * batch_size
+  order = jnp.concatenate([order, jnp.zeros(max(total - n, 0), order.dtype)])[:total]
+  idx = order.reshape(steps, batch_size)
+  mask = (jnp.arange(total) < n).reshape(steps, batch_size)
+
+  def body(state, xs):
+    idx_t, mask_t = xs
+    batch = {"image": images[idx_t], "label": labels[idx_t].astype(jnp.int32), "mask": mask_t}
+    if batch_sharding is not None:  # data-parallel: each device gathers its own rows
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    state, metrics = step_fn(state, batch, dropout_key)
+    return state, metrics["loss"]
+
+  return jax.lax.scan(body, state, (idx, mask))
+
+
+def make_scan_epoch(step_fn: Callable, config: Config, dp: parallel.DataParallel | None):
+  """scan_epoch jitted for a run (the state donated; epoch a traced value: one compile)."""
+  return jax.jit(functools.partial(
+      scan_epoch, step_fn=step_fn, batch_size=config.batch_size,
+      drop_remainder=config.drop_remainder,
+      batch_sharding=dp.batch_sharding if dp else None), donate_argnums=0)
+
+
+def _train_epoch_scanned(config, epoch_fn, state, resident, shuffle_key, dropout_key, epoch,
+                         steps_per_epoch, examples_seen, timing, out, group=None, log=print):
+  """Trains one epoch with the scanned program; logs its losses afterwards, interval by
+  interval, as the Python loop does."""
+  args = (state, *resident, jnp.asarray(epoch, jnp.int32), shuffle_key, dropout_key)
+  if "scan" not in timing:  # compiled ahead of the first epoch, so it is timed on its own
+    start = time.perf_counter()
+    timing["scan"] = epoch_fn.lower(*args).compile()
+    timing["compile_seconds"] += time.perf_counter() - start
+  start = time.perf_counter()
+  state, losses = timing["scan"](*args)
+  losses = np.asarray(parallel.to_host(losses))  # waits for the epoch
+  n = len(resident[1])
+  trained = steps_per_epoch * config.batch_size if config.drop_remainder else n
+  timing["train_seconds"] += time.perf_counter() - start
+  timing["train_images"] += trained
+  with reporting.progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
+    bar.update(steps_per_epoch)
+    for first in range(0, steps_per_epoch, config.log_every):
+      last = min(first + config.log_every, steps_per_epoch)
+      rows = [{"epoch": epoch, "step": (epoch - 1) * steps_per_epoch + s + 1,
+               "examples_seen": examples_seen + min((s + 1) * config.batch_size, trained)}
+              for s in range(first, last)]
+      _log_interval(losses[first:last], rows, state, group, timing, epoch, out, log, bar)
+  return state, examples_seen + trained
 
 
 def _freeze_report(state, group, frozen: set, step, epoch, log) -> None:
