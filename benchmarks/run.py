@@ -1,0 +1,260 @@
+"""mnistjax against the notebooks' PyTorch code, side by side on this machine.
+
+  python -m pip install -e ".[bench]"      # PyTorch's CPU build (torch==2.13.0)
+  MNISTJAX_DATA_DIR=../shared/data python benchmarks/run.py [--models=lenet,cnn3,mlp_deep]
+      [--steps=50] [--epoch_models=lenet,mlp_deep] [--s0a] [--out=bench.json]
+
+For each model at its notebook's batch size and optimiser it prints, for JAX and for
+PyTorch eager (NCHW as the notebooks, and channels-last for the conv nets):
+steady-state training images/s, the ratio against the faster PyTorch layout, the
+compile time (JAX) or first step (PyTorch), the wall time of a whole epoch including
+the evaluation of the train and test sets, the peak resident memory of the process,
+and the fraction of this machine's fp32 matmul peak that the JAX step reaches
+(the FLOPs XLA counts in the compiled step / step time / the peak of a large jnp
+matmul measured in the same run). With --s0a it also times the whole S0a relu run
+(5 epochs, train and test evaluated after each), start of the process to its end:
+`experiments/run.py` against the same protocol in PyTorch.
+
+Every measurement runs in its own child process, one after another, so that peak
+memory belongs to one framework and one model and neither framework competes with
+the other for the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+flags.DEFINE_list("models", ["lenet", "cnn3", "mlp_deep"], "models to measure")
+flags.DEFINE_list("epoch_models", ["lenet", "mlp_deep"], "models whose whole epoch is timed "
+                  "(CNN3's takes minutes on a 2-core CPU in either framework)")
+flags.DEFINE_integer("steps", 50, "timed steps per repeat (3 repeats, median)")
+flags.DEFINE_bool("s0a", False, "also time the whole S0a relu run in both frameworks")
+flags.DEFINE_string("out", None, "also write the results as JSON here")
+flags.DEFINE_string("worker", None, "internal: the measurement a child process makes")
+flags.DEFINE_string("model", None, "internal: the child's model")
+flags.DEFINE_bool("epoch", False, "internal: the child also times a whole epoch")
+FLAGS = flags.FLAGS
+
+# Each model with its notebook's protocol: mnistjax study and variant.
+PROTOCOLS = {"lenet": ("s0_activation", {"activation": "relu"}),
+             "cnn3": ("s1_fashion_cnn3", {}),
+             "mlp_deep": ("s4_activation", {"activation": "relu"})}
+
+
+def protocol(model: str):
+  from mnistjax import studies  # pylint: disable=g-import-not-at-top
+  name, variant = PROTOCOLS[model]
+  return studies.STUDIES[name].config.replace(**variant).validate()
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def load(config):
+  from mnistjax import data  # pylint: disable=g-import-not-at-top
+  dataset = data.load(config.dataset, config.data_dir, config.data_source)
+  return dataset, data.normalization(config.normalization, dataset)
+
+
+# ----------------------------------------------------------------------------- children
+
+def worker_peak() -> dict:
+  """fp32 matmul peak: a 4096 x 4096 jnp matmul, best of 5."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  n = 4096
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  matmul(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(5):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return {"gflops": 2 * n ** 3 / best / 1e9, "device": str(jax.devices()[0].device_kind),
+          "backend": jax.default_backend()}
+
+
+def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mnistjax import data, train  # pylint: disable=g-import-not-at-top
+  config = protocol(model_name).replace(devices=1)
+  dataset, norm = load(config)
+  _, model, tx, _ = train.setup(config, dataset)
+  train_fn, eval_fn = train.make_steps(model, tx, norm)
+  init_key, dropout_key, shuffle_key = train.run_keys(config.seed)
+  state = train.create_state(model, tx, init_key, config.l2)
+  b = config.batch_size
+  batch = {"image": dataset.train.images[:b], "label": dataset.train.labels[:b].astype(np.int32)}
+
+  start = time.perf_counter()
+  compiled = train_fn.lower(state, batch, dropout_key).compile()
+  compile_seconds = time.perf_counter() - start
+  flops = float((compiled.cost_analysis() or {}).get("flops", 0.0))
+  for _ in range(3):
+    state, _ = train_fn(state, batch, dropout_key)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, _ = train_fn(state, batch, dropout_key)
+    jax.block_until_ready(state)
+    times.append((time.perf_counter() - start) / steps)
+  result = {"compile_seconds": compile_seconds, "seconds_per_step": float(np.median(times)),
+            "flops_per_step": flops, "batch_size": b}
+
+  if epoch:  # a fresh state, compile included, then the train and test sets evaluated
+    state = train.create_state(model, tx, init_key, config.l2)
+    train_fn, eval_fn = train.make_steps(model, tx, norm)
+    start = time.perf_counter()
+    for batch in data.train_batches(dataset.train, b, shuffle_key, 1, config.drop_remainder,
+                                    masked=True):  # as train.py: one compiled step
+      state, _ = train_fn(state, batch, dropout_key)
+    jax.block_until_ready(state)
+    train_eval = train.evaluate(eval_fn, state, dataset.train, config.eval_batch_size)
+    test_eval = train.evaluate(eval_fn, state, dataset.test, config.eval_batch_size)
+    result.update(epoch_seconds=time.perf_counter() - start,
+                  epoch_train_accuracy=train_eval["accuracy"],
+                  epoch_test_accuracy=test_eval["accuracy"])
+  return {**result, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_torch(model_name: str, steps: int, epoch: bool, channels_last: bool) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+
+  import torch_baseline as tb  # pylint: disable=g-import-not-at-top
+  config = protocol(model_name)
+  dataset, norm = load(config)
+  runner = tb.Runner(model_name, config.lr, config.momentum, config.weight_decay, norm,
+                     channels_last=channels_last)
+  images, labels = tb.tensors(dataset.train.images, dataset.train.labels)
+  b = config.batch_size
+  result = tb.time_steps(runner, images[:b], labels[:b], steps)
+  result.update(batch_size=b, threads=torch.get_num_threads())
+  if epoch:
+    runner = tb.Runner(model_name, config.lr, config.momentum, config.weight_decay, norm,
+                       channels_last=channels_last)
+    test_images, test_labels = tb.tensors(dataset.test.images, dataset.test.labels)
+    start = time.perf_counter()
+    runner.epoch(images, labels, b, torch.Generator().manual_seed(0))
+    _, train_accuracy = runner.evaluate(images, labels)
+    _, test_accuracy = runner.evaluate(test_images, test_labels)
+    result.update(epoch_seconds=time.perf_counter() - start,
+                  epoch_train_accuracy=train_accuracy, epoch_test_accuracy=test_accuracy)
+  return {**result, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_torch_s0a() -> dict:
+  """The S0a relu protocol in PyTorch: 5 epochs, train and test sets evaluated after each."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  import torch_baseline as tb  # pylint: disable=g-import-not-at-top
+  config = protocol("lenet")
+  dataset, norm = load(config)
+  runner = tb.Runner("lenet", config.lr, config.momentum, 0.0, norm)
+  images, labels = tb.tensors(dataset.train.images, dataset.train.labels)
+  test_images, test_labels = tb.tensors(dataset.test.images, dataset.test.labels)
+  generator = torch.Generator().manual_seed(1)
+  accuracies = []
+  for _ in range(config.epochs):
+    runner.epoch(images, labels, config.batch_size, generator)
+    runner.evaluate(images, labels)
+    accuracies.append(runner.evaluate(test_images, test_labels)[1])
+  return {"test_accuracy": accuracies, "peak_rss_mb": peak_rss_mb()}
+
+
+# ----------------------------------------------------------------------------- parent
+
+def child(*args: str) -> tuple[dict, float]:
+  """Runs one measurement in a fresh process; returns its JSON and its wall time."""
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                        cwd=ROOT, env=os.environ)
+  wall = time.perf_counter() - start
+  if proc.returncode != 0:
+    sys.exit(f"benchmarks/run.py: error: {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def whole_run(args: list[str]) -> tuple[dict, float]:
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
+                        env=os.environ)
+  if proc.returncode != 0:
+    sys.exit(f"benchmarks/run.py: error: {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+  return {"output": proc.stdout.strip().splitlines()[-1]}, time.perf_counter() - start
+
+
+def main(argv):
+  del argv
+  if FLAGS.worker:
+    result = {"peak": worker_peak,
+              "jax": lambda: worker_jax(FLAGS.model, FLAGS.steps, FLAGS.epoch),
+              "torch": lambda: worker_torch(FLAGS.model, FLAGS.steps, FLAGS.epoch, False),
+              "torch_cl": lambda: worker_torch(FLAGS.model, FLAGS.steps, FLAGS.epoch, True),
+              "torch_s0a": worker_torch_s0a}[FLAGS.worker]()
+    print(json.dumps(result))
+    return
+  try:
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    sys.exit("benchmarks/run.py: error: PyTorch is not installed; run "
+             "python -m pip install -e \".[bench]\"")
+  peak, _ = child("--worker=peak")
+  print(f"{peak['device']} ({peak['backend']}), {os.cpu_count()} cores; fp32 matmul peak "
+        f"(jnp 4096^3): {peak['gflops']:.1f} GFLOP/s")
+  results = {"peak": peak, "models": {}}
+  header = (f"{'model':<9} {'impl':<12} {'batch':>5} {'img/s':>8} {'ratio':>6} {'compile/1st':>11} "
+            f"{'epoch s':>8} {'test %':>7} {'RSS MB':>7} {'of peak':>7}")
+  print(header)
+  for model in FLAGS.models:
+    epoch = ["--epoch"] if model in FLAGS.epoch_models else []
+    rows = {}
+    for impl in ["jax", "torch"] + (["torch_cl"] if model != "mlp_deep" else []):
+      rows[impl], _ = child(f"--worker={impl}", f"--model={model}", f"--steps={FLAGS.steps}",
+                            *epoch)
+    best_torch = min(r["seconds_per_step"] for k, r in rows.items() if k != "jax")
+    for impl, r in rows.items():
+      r["images_per_second"] = r["batch_size"] / r["seconds_per_step"]
+      r["ratio_vs_best_torch"] = best_torch / r["seconds_per_step"]
+      if impl == "jax":
+        r["fraction_of_peak"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9 / peak["gflops"]
+      first = r.get("compile_seconds", r.get("first_step_seconds"))
+      print(f"{model:<9} {impl:<12} {r['batch_size']:>5} {r['images_per_second']:8.0f} "
+            f"{r['ratio_vs_best_torch']:6.2f} {first:11.2f} "
+            f"{r.get('epoch_seconds', float('nan')):8.1f} "
+            f"{r.get('epoch_test_accuracy', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} "
+            + (f"{r['fraction_of_peak']:7.1%}" if impl == "jax" else f"{'':>7}"))
+    results["models"][model] = rows
+  if FLAGS.s0a:
+    jax_run, jax_wall = whole_run(["experiments/run.py", "--model=lenet", "--activation=relu",
+                                   "--checkpoint=false"])
+    torch_run, torch_wall = child("--worker=torch_s0a")
+    results["s0a"] = {"jax_seconds": jax_wall, "torch_seconds": torch_wall,
+                      "jax_final": jax_run["output"], "torch_test_accuracy":
+                      torch_run["test_accuracy"], "torch_peak_rss_mb": torch_run["peak_rss_mb"]}
+    print(f"S0a relu, whole run (5 epochs + train/test evaluation each, process start to end): "
+          f"mnistjax {jax_wall:.1f} s, PyTorch {torch_wall:.1f} s, ratio "
+          f"{torch_wall / jax_wall:.2f}; PyTorch final test accuracy "
+          f"{torch_run['test_accuracy'][-1]:.2f}%; mnistjax: {jax_run['output']}")
+  if FLAGS.out:
+    pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,43 @@
+"""The benchmark scripts still run (their numbers are measured by hand, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def worker(*args: str) -> dict:
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), *args],
+                        capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_jax_measurement_reports_every_column(mnist):
+  r = worker("--worker=jax", "--model=mlp_deep", "--steps=2", "--epoch")
+  assert r["batch_size"] == 64 and r["seconds_per_step"] > 0 and r["compile_seconds"] > 0
+  # The matmuls: forward and weight gradient of every layer, input gradient of all but the
+  # first (the pixels need none): 2 flops per multiply-add, 64 images.
+  macs = [784 * 500, 500 * 250, 250 * 100, 100 * 10]
+  matmul_flops = 2 * 64 * (3 * sum(macs) - macs[0])
+  assert matmul_flops <= r["flops_per_step"] <= 1.2 * matmul_flops
+  assert r["epoch_test_accuracy"] > 80 and r["peak_rss_mb"] > 0
+
+
+def test_the_pytorch_baseline_has_our_networks_parameter_counts():
+  pytest.importorskip("torch")  # the `bench` extra
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch_baseline  # pylint: disable=g-import-not-at-top
+
+  from mnistjax import models  # pylint: disable=g-import-not-at-top
+  for name, net in torch_baseline.NETS.items():
+    ours = models.count_params(models.init(models.build(name), jax.random.key(0))["params"])
+    assert sum(p.numel() for p in net().parameters()) == ours, name
