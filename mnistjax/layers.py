@@ -78,11 +78,14 @@ def conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, impl: str = "lax") -
     return lax.conv_general_dilated(x_BxHxWxI, kernel_KxKxIxO, (1, 1), "VALID",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
   kh, kw, ci, co = kernel_KxKxIxO.shape
-  h, w = x_BxHxWxI.shape[1] - kh + 1, x_BxHxWxI.shape[2] - kw + 1
+  b, h, w = x_BxHxWxI.shape[0], x_BxHxWxI.shape[1] - kh + 1, x_BxHxWxI.shape[2] - kw + 1
   # Patch features ordered (i, j, c), matching the kernel's row-major reshape.
   patches = jnp.concatenate(
       [x_BxHxWxI[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
-  return patches @ kernel_KxKxIxO.reshape(kh * kw * ci, co)
+  # A 2-D matmul: its kernel gradient is then one plain GEMM (patches^T @ dy); contracting the
+  # 4-D form over (b, h, w) ran at half the speed on XLA:CPU (LeNet step -6%, CNN3 -9%).
+  y = patches.reshape(b * h * w, kh * kw * ci) @ kernel_KxKxIxO.reshape(kh * kw * ci, co)
+  return y.reshape(b, h, w, co)
 
 
 class Conv2d(nn.Module):
