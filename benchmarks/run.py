@@ -126,8 +126,8 @@ def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
                                     masked=True):  # as train.py: one compiled step
       state, _ = train_fn(state, batch, dropout_key)
     jax.block_until_ready(state)
-    train_eval = train.evaluate(eval_fn, state, dataset.train, config.eval_batch_size)
-    test_eval = train.evaluate(eval_fn, state, dataset.test, config.eval_batch_size)
+    train_eval = train.evaluate(eval_fn, state, dataset.train, config.eval_batch(jax.default_backend()))
+    test_eval = train.evaluate(eval_fn, state, dataset.test, config.eval_batch(jax.default_backend()))
     result.update(epoch_seconds=time.perf_counter() - start,
                   epoch_train_accuracy=train_eval["accuracy"],
                   epoch_test_accuracy=test_eval["accuracy"])

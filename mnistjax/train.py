@@ -219,9 +219,9 @@ def _evaluate_epoch(config, eval_fn, state, dataset, epoch, examples_seen) -> di
   record: dict[str, Any] = {"epoch": epoch, "step": int(parallel.to_host(state.step)),
                             "examples_seen": examples_seen}
   if config.eval_train:
-    train_eval = evaluate(eval_fn, state, dataset.train, config.eval_batch_size)
+    train_eval = evaluate(eval_fn, state, dataset.train, config.eval_batch(jax.default_backend()))
     record.update(train_loss=train_eval["loss"], train_accuracy=train_eval["accuracy"])
-  test_eval = evaluate(eval_fn, state, dataset.test, config.eval_batch_size)
+  test_eval = evaluate(eval_fn, state, dataset.test, config.eval_batch(jax.default_backend()))
   record.update(test_loss=test_eval["loss"], test_accuracy=test_eval["accuracy"])
   return record
 
@@ -363,7 +363,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
       out.write_json("summary.json", summary)
       plots.sweep(out.read("metrics.jsonl"), sweep, out.path)
   else:
-    final = evaluate(eval_fn, state, dataset.test, config.eval_batch_size,
+    final = evaluate(eval_fn, state, dataset.test, config.eval_batch(jax.default_backend()),
                      return_predictions=True)
     if out and out.primary:
       summary["best_test_accuracy"] = max(r["test_accuracy"] for r in out.read("metrics.jsonl"))

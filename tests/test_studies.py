@@ -83,3 +83,11 @@ def test_the_speedrun_trains_five_seeds_as_one_sweep_and_checks_its_target():
   assert "reached" in outcome["line"] and "48.0 s without" in outcome["line"]
   rows[0]["test_accuracy"] = 98.0
   assert not studies.target_outcome(study, rows)["reached"]
+
+
+def test_evaluation_batch_is_the_flag_or_the_backend_default():
+  from mnistjax.config import Config  # pylint: disable=g-import-not-at-top
+  assert Config().eval_batch("cpu") == 500 and Config().eval_batch("gpu") == 10000
+  assert Config(eval_batch_size=64).eval_batch("gpu") == 64
+  with pytest.raises(ConfigError, match="--eval_batch_size=-1"):
+    Config(eval_batch_size=-1).validate()
