@@ -398,13 +398,19 @@ def train_batches(split: Split, batch_size: int, shuffle_key: jax.Array, epoch: 
   for start in range(0, stop, batch_size):
     idx = order[start:start + batch_size]
     batch = {"image": split.images[idx], "label": split.labels[idx].astype(np.int32)}
-    if masked:
-      pad = batch_size - len(idx)
-      batch = {"image": np.concatenate([batch["image"], np.zeros((pad, *split.images.shape[1:]),
-                                                                  np.uint8)]),
-               "label": np.concatenate([batch["label"], np.zeros(pad, np.int32)]),
-               "mask": np.arange(batch_size) < len(idx)}
-    yield batch
+    yield pad_batch(batch, batch_size) if masked else batch
+
+
+def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """batch with a "mask" of its real examples (all of them where it had none), every array
+  zero-padded to `size` rows; the padded rows are masked out."""
+  n = len(batch["label"])
+  if "mask" not in batch:
+    batch = {**batch, "mask": np.ones(n, bool)}
+  if size == n:
+    return batch
+  return {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+          for k, v in batch.items()}
 
 
 def num_train_steps(n: int, batch_size: int, drop_remainder: bool = False) -> int:
@@ -415,12 +421,6 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray
   """Batches in order, each example exactly once; the last is padded and masked to a full batch."""
   batch_size = min(batch_size, len(split))
   for start in range(0, len(split), batch_size):
-    images = split.images[start:start + batch_size]
-    labels = split.labels[start:start + batch_size].astype(np.int32)
-    n = len(labels)
-    mask = np.ones(batch_size, bool)
-    if n < batch_size:
-      mask[n:] = False
-      images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), np.uint8)])
-      labels = np.concatenate([labels, np.zeros(batch_size - n, np.int32)])
-    yield {"image": images, "label": labels, "mask": mask}
+    yield pad_batch({"image": split.images[start:start + batch_size],
+                     "label": split.labels[start:start + batch_size].astype(np.int32)},
+                    batch_size)

@@ -37,6 +37,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from mnistjax import data
 from mnistjax.errors import ConfigError
 
 DATA_AXIS = "data"
@@ -113,14 +114,9 @@ class DataParallel:
     A batch that needs no padding and had no mask gets none, so the step it runs is the
     single-device one. Each host transfers only the rows its own devices hold.
     """
-    n = len(batch["label"])
-    padded = self.padded_size(n)
-    if padded != n:
-      pad = padded - n
-      batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
-               for k, v in batch.items()}
-      if "mask" not in batch:
-        batch["mask"] = np.arange(padded) < n
+    padded = self.padded_size(len(batch["label"]))
+    if padded != len(batch["label"]):
+      batch = data.pad_batch(batch, padded)
     rows = padded // jax.process_count()
     start = jax.process_index() * rows
     return {k: jax.make_array_from_process_local_data(
