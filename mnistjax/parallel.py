@@ -107,6 +107,12 @@ class DataParallel:
   def padded_size(self, batch_size: int) -> int:
     return -(-batch_size // self.size) * self.size
 
+  def describe(self, batch_size: int) -> str:
+    """"data-parallel over 4 devices (batch 30 padded to 32)", for the run's first line."""
+    padded = self.padded_size(batch_size)
+    return (f"data-parallel over {self.size} devices (batch {batch_size}"
+            + (f" padded to {padded})" if padded != batch_size else ")"))
+
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A host batch (the same global batch on every host) as global arrays split over the
     devices along axis 0, padded with masked examples to a multiple of the device count.

@@ -291,9 +291,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
   log(f"{config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, "
       f"from {dataset.source}): {num_params:,} parameters, normalization mean {norm[0]:.4f} "
       f"std {norm[1]:.4f}, {config.optimizer} lr {config.lr:g}, {jax.default_backend()} backend"
-      + (f", data-parallel over {dp.size} devices (batch {config.batch_size}"
-         + (f" padded to {dp.padded_size(config.batch_size)})" if
-            dp.padded_size(config.batch_size) != config.batch_size else ")") if dp else "")
+      + (f", {dp.describe(config.batch_size)}" if dp else "")
       + (f"; sweep of {len(group)} members in one program" if group else ""))
 
   steps_per_epoch = data.num_train_steps(len(dataset.train), config.batch_size,
