@@ -3,8 +3,10 @@
 Convolutions in training are written as patches @ kernel on CPU: one matmul
 whose gradient XLA:CPU also runs at matmul speed, where `lax.conv` trains
 slower, and several times slower again under `vmap` or `lax.scan`
-(jax-ml/jax#12868). Forward-only passes (evaluation) and GPU/TPU use
-`lax.conv`. Parameters are the same either way (kernel H x W x I x O, bias O).
+(jax-ml/jax#12868). A patch tensor that would be large is built a slice of the
+batch at a time (see `patch_chunk`). Forward-only passes (evaluation) and
+GPU/TPU use `lax.conv`. Parameters are the same either way (kernel H x W x I x O,
+bias O).
 """
 
 from __future__ import annotations
@@ -72,20 +74,101 @@ def conv_impl(train: bool) -> str:
   return "patches" if train and jax.default_backend() == "cpu" else "lax"
 
 
-def conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, impl: str = "lax") -> jax.Array:
-  """VALID, stride-1 convolution; impl "patches" (one matmul) or "lax"."""
+# A patch convolution's working set (its patches and its output): up to PATCH_WHOLE_BYTES one
+# piece, above it slices of the batch of at most PATCH_CHUNK_BYTES each. A step whose tensors
+# leave the CPU's cache slows down several-fold: on the 2-core EPYC of benchmarks/patches.py
+# (32 MB L3, 1 MB L2 a core) LeNet at batch 128 (conv1 13 MB, conv2 17 MB) ran at 2x the
+# per-image cost of batch 64, and 4 MB slices made CNN3's step (80-160 MB a layer) 1.7-2x
+# faster. Slicing LeNet at 64 (conv2 8.6 MB) only added cost.
+PATCH_WHOLE_BYTES = 10 << 20
+PATCH_CHUNK_BYTES = 4 << 20
+
+
+def patch_chunk(batch: int, bytes_per_example: int, whole: int | None = None,
+                chunk: int | None = None) -> int:
+  """Examples per slice of the batch for a convolution of bytes_per_example each (patches and
+  output): the whole batch when it fits in `whole` bytes, else the largest divisor of batch
+  whose slice fits in `chunk` bytes (at least 1)."""
+  whole = PATCH_WHOLE_BYTES if whole is None else whole
+  chunk = PATCH_CHUNK_BYTES if chunk is None else chunk
+  if batch * bytes_per_example <= whole:
+    return batch
+  n = max(1, min(batch, chunk // bytes_per_example))
+  while batch % n:
+    n -= 1
+  return n
+
+
+def _patches(x_BxHxWxI: jax.Array, kh: int, kw: int) -> jax.Array:
+  """B x h x w x (kh kw I) patches of a VALID convolution, features ordered (i, j, c) as the
+  kernel's row-major reshape."""
+  h, w = x_BxHxWxI.shape[1] - kh + 1, x_BxHxWxI.shape[2] - kw + 1
+  return jnp.concatenate(
+      [x_BxHxWxI[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def _patch_matmul(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array) -> jax.Array:
+  kh, kw, _, co = kernel_KxKxIxO.shape
+  patches = _patches(x_BxHxWxI, kh, kw)
+  b, h, w, f = patches.shape
+  # A 2-D matmul: its kernel gradient is then one plain GEMM (patches^T @ dy); contracting the
+  # 4-D form over (b, h, w) ran at half the speed on XLA:CPU (LeNet step -6%, CNN3 -9%).
+  return (patches.reshape(b * h * w, f) @ kernel_KxKxIxO.reshape(f, co)).reshape(b, h, w, co)
+
+
+def _slices(a: jax.Array, n: int) -> jax.Array:
+  """B x ... -> (B / n) x n x ...: consecutive slices of n examples."""
+  return a.reshape(a.shape[0] // n, n, *a.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _sliced_patch_conv(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, n: int) -> jax.Array:
+  """The patch convolution n examples at a time, forward and backward: no patch tensor of the
+  whole batch is ever built or kept (the backward rebuilds each slice's patches from x)."""
+  y = lax.map(lambda x: _patch_matmul(x, kernel_KxKxIxO), _slices(x_BxHxWxI, n))
+  return y.reshape(x_BxHxWxI.shape[0], *y.shape[2:])
+
+
+def _sliced_patch_conv_fwd(x, kernel, n):
+  return _sliced_patch_conv(x, kernel, n), (x, kernel)
+
+
+def _sliced_patch_conv_bwd(n, residuals, dy_BxhxwxO):
+  x, kernel = residuals
+  kh, kw, ci, co = kernel.shape
+  kernel_FxO = kernel.reshape(kh * kw * ci, co)
+
+  def one_slice(dkernel_FxO, x_dy):
+    patches, patches_vjp = jax.vjp(lambda a: _patches(a, kh, kw), x_dy[0])
+    b, h, w, f = patches.shape
+    dy_NxO = x_dy[1].reshape(b * h * w, co)
+    dkernel_FxO = dkernel_FxO + patches.reshape(b * h * w, f).T @ dy_NxO
+    dx, = patches_vjp((dy_NxO @ kernel_FxO.T).reshape(b, h, w, f))
+    return dkernel_FxO, dx
+
+  dkernel, dx = lax.scan(one_slice, jnp.zeros_like(kernel_FxO),
+                         (_slices(x, n), _slices(dy_BxhxwxO, n)))
+  return dx.reshape(x.shape), dkernel.reshape(kernel.shape)
+
+
+_sliced_patch_conv.defvjp(_sliced_patch_conv_fwd, _sliced_patch_conv_bwd)
+
+
+def conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, impl: str = "lax",
+           chunk_bytes: tuple[int, int] | None = None) -> jax.Array:
+  """VALID, stride-1 convolution; impl "patches" (one matmul, in slices of the batch where
+  the patch tensor would be large: see patch_chunk, whose (whole, chunk) byte limits
+  chunk_bytes overrides) or "lax"."""
   if impl == "lax":
     return lax.conv_general_dilated(x_BxHxWxI, kernel_KxKxIxO, (1, 1), "VALID",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
   kh, kw, ci, co = kernel_KxKxIxO.shape
-  b, h, w = x_BxHxWxI.shape[0], x_BxHxWxI.shape[1] - kh + 1, x_BxHxWxI.shape[2] - kw + 1
-  # Patch features ordered (i, j, c), matching the kernel's row-major reshape.
-  patches = jnp.concatenate(
-      [x_BxHxWxI[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
-  # A 2-D matmul: its kernel gradient is then one plain GEMM (patches^T @ dy); contracting the
-  # 4-D form over (b, h, w) ran at half the speed on XLA:CPU (LeNet step -6%, CNN3 -9%).
-  y = patches.reshape(b * h * w, kh * kw * ci) @ kernel_KxKxIxO.reshape(kh * kw * ci, co)
-  return y.reshape(b, h, w, co)
+  b, hi, wi = x_BxHxWxI.shape[:3]
+  per_example = (hi - kh + 1) * (wi - kw + 1) * (kh * kw * ci + co) * x_BxHxWxI.dtype.itemsize
+  n = patch_chunk(b, per_example, *(chunk_bytes or ()))
+  if n == b:
+    return _patch_matmul(x_BxHxWxI, kernel_KxKxIxO)
+  return _sliced_patch_conv(x_BxHxWxI, kernel_KxKxIxO, n)
 
 
 class Conv2d(nn.Module):

@@ -148,6 +148,59 @@ def test_patches_convolution_equals_lax_convolution(padding):
   assert fast.shape == (3, 8 + 2 * padding, 8 + 2 * padding, 6)
 
 
+@pytest.mark.parametrize("slice_bytes", [1, 3 * 64 * (75 + 6) * 4, 5 * 64 * (75 + 6) * 4])
+def test_sliced_patch_convolution_equals_lax_convolution_with_gradients(slice_bytes):
+  # 12 examples of 8x8 outputs, 5x5x3 patches + 6 outputs each: slices of 1, 3 and 4 examples.
+  x = jax.random.normal(jax.random.key(0), (12, 12, 12, 3))
+  kernel = jax.random.normal(jax.random.key(1), (5, 5, 3, 6)) / 9.0
+  per_example = 64 * (75 + 6) * 4
+  assert layers.patch_chunk(12, per_example, 0, slice_bytes) < 12  # it does slice
+
+  def loss(impl, chunk_bytes):
+    return lambda x, k: jnp.sum(jnp.sin(layers.conv2d(x, k, impl, chunk_bytes)))
+
+  np.testing.assert_allclose(layers.conv2d(x, kernel, "patches", (0, slice_bytes)),
+                             layers.conv2d(x, kernel), rtol=1e-5, atol=1e-5)
+  sliced = jax.grad(loss("patches", (0, slice_bytes)), (0, 1))(x, kernel)
+  whole = jax.grad(loss("patches", None), (0, 1))(x, kernel)
+  reference = jax.grad(loss("lax", None), (0, 1))(x, kernel)
+  for s, w, r in zip(sliced, whole, reference):
+    np.testing.assert_allclose(s, r, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(s, w, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_chunk_slices_only_large_convolutions_into_divisors_of_the_batch():
+  assert layers.patch_chunk(64, 1000, whole=64_000, chunk=10) == 64  # fits: one piece
+  assert layers.patch_chunk(64, 1000, whole=63_999, chunk=20_000) == 16  # 20 -> divisor 16
+  assert layers.patch_chunk(100, 1000, whole=0, chunk=30_000) == 25
+  assert layers.patch_chunk(7, 1000, whole=0, chunk=3_000) == 1  # prime: one at a time
+  assert layers.patch_chunk(8, 1000, whole=0, chunk=10) == 1  # an example over the slice size
+
+
+def test_models_train_the_same_with_sliced_patches(monkeypatch):
+  """CNN3 (BatchNorm over the whole batch between the sliced convolutions) and LeNet: the loss
+  and every gradient as with whole-batch patches."""
+  x = jax.random.normal(jax.random.key(0), (6, 28, 28, 1))
+  labels = jnp.arange(6) % 10
+  for name in ("cnn3", "lenet"):
+    model = models.build(name, dropout=0.0)
+    variables = models.init(model, jax.random.key(1))
+
+    def loss(params, model=model, variables=variables):
+      logp, _ = model.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"])
+      return -jnp.mean(logp[jnp.arange(6), labels])
+
+    whole = jax.value_and_grad(loss)(variables["params"])
+    with monkeypatch.context() as patch:
+      patch.setattr(layers, "PATCH_WHOLE_BYTES", 0)
+      patch.setattr(layers, "PATCH_CHUNK_BYTES", 1)  # one example at a time
+      sliced = jax.value_and_grad(loss)(variables["params"])
+    np.testing.assert_allclose(sliced[0], whole[0], rtol=1e-5)
+    jax.tree.map(lambda s, w: np.testing.assert_allclose(s, w, rtol=1e-4, atol=1e-6), sliced[1],
+                 whole[1])
+
+
 @pytest.mark.parametrize("window,stride,size", [(2, 2, 24), (3, 1, 14), (2, 2, 7)])
 def test_max_pool_equals_reduce_window(window, stride, size):
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
