@@ -1,12 +1,15 @@
-"""Sweep throughput: K members in one vmapped program against K sequential single runs.
+"""Sweep throughput: K members in one program against K sequential single runs.
 
-  python benchmarks/sweep.py [--model=lenet] [--dropout=0.25] [--steps=30]
+  python benchmarks/sweep.py [--model=lenet] [--dropout=0.25] [--batch_size=64]
 
-Prints model-images per second (K x batch x steps / seconds) for K = 1, 4, 8, and
-the ratio against K single-model steps measured in the same process. Steady state:
-each program is compiled and warmed up before it is timed, and the programs are timed
-in interleaved rounds (the median of each is reported), so that a change in the
-machine's speed during the run does not favour one of them.
+Prints model-images per second (K x batch / seconds per step) for K = 1, 4, 8 in both
+formulations of a sweep: lock-step (`sweep.sweep_step`: every member takes each step, vmapped
+on accelerators, a loop over members on CPU) and windowed (`sweep.window_step`: member after
+member over a window of sweep.WINDOW_STEPS batches, what a CPU sweep runs), each with its
+ratio against K single-model steps measured in the same process on the same batches. Steady
+state: each program is compiled and warmed up before it is timed, and the programs are timed
+in interleaved rounds (the median of each is reported), so that a change in the machine's
+speed during the run does not favour one of them.
 """
 
 from __future__ import annotations
@@ -24,24 +27,27 @@ from mnistjax import models, optim, sweep, train
 flags.DEFINE_string("model", "lenet", "model to time")
 flags.DEFINE_float("dropout", 0.25, "dropout rate of every member (0 = off)")
 flags.DEFINE_integer("batch_size", 64, "batch size")
-flags.DEFINE_integer("steps", 30, "timed steps per measurement")
+flags.DEFINE_integer("window", 0, "batches per window (0: sweep.WINDOW_STEPS, what runs use)")
+flags.DEFINE_integer("windows", 2, "windows per measurement")
 flags.DEFINE_multi_integer("members", [1, 4, 8], "sweep sizes")
 flags.DEFINE_integer("rounds", 3, "interleaved measurement rounds (median reported)")
 FLAGS = flags.FLAGS
 
 
-def _runner(step, state, batch, keys):
-  """A closure that times `steps` steps of a compiled, warmed-up program."""
-  box = {"state": step(state, batch, keys)[0]}  # compile
-  box["state"] = step(box["state"], batch, keys)[0]
+def _runner(step, state, keys, units):
+  """A closure that times a compiled, warmed-up program over `units` (its inputs, one call
+  each: a batch, or a window of batches), returning seconds per batch."""
+  box = {"state": step(state, units[0], keys)[0]}  # compile
+  per_unit = units[0]["label"].shape[0] if units[0]["label"].ndim == 2 else 1
 
-  def run(steps: int) -> float:
+  def run() -> float:
     jax.block_until_ready(box["state"])
     start = time.perf_counter()
-    for _ in range(steps):
-      box["state"] = step(box["state"], batch, keys)[0]
+    for _ in range(FLAGS.windows):
+      for unit in units:
+        box["state"] = step(box["state"], unit, keys)[0]
     jax.block_until_ready(box["state"])
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / (FLAGS.windows * len(units) * per_unit)
   return run
 
 
@@ -51,32 +57,43 @@ def main(_):
   tx = optim.make(cfg.optimizer, **cfg.optimizer_hparams())
   norm = (0.1307, 0.3081)
   rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (FLAGS.batch_size, 28, 28), dtype=np.uint8),
-           "label": rng.integers(0, 10, FLAGS.batch_size).astype(np.int32)}
+  w, b = FLAGS.window or sweep.WINDOW_STEPS, FLAGS.batch_size
+  batches = [{"image": rng.integers(0, 256, (b, 28, 28), dtype=np.uint8),
+              "label": rng.integers(0, 10, b).astype(np.int32), "mask": np.ones(b, bool)}
+             for _ in range(w)]
+  window, _ = next(sweep.windows(batches, w))
   single = jax.jit(functools.partial(train.train_step, model=model, tx=tx, norm=norm),
                    donate_argnums=0)
-  runners = {0: _runner(single, train.create_state(model, tx, jax.random.key(0)), batch,
-                        jax.random.key(1))}
+  runners = {("single", 1): _runner(single, train.create_state(model, tx, jax.random.key(0)),
+                                    jax.random.key(1), batches)}
   for k in FLAGS.members:
     group = sweep.members(cfg, {"seed": tuple(range(k))})
-    state, keys = sweep.create_states(model, group, sweep_dropout=FLAGS.dropout > 0,
-                                      num_train=60000)
-    runners[k] = _runner(sweep.make_sweep_step(model, tx, norm), state, batch, keys)
+
+    def states(group=group):
+      return sweep.create_states(model, group, sweep_dropout=FLAGS.dropout > 0,
+                                 num_train=60000)
+    runners[("lock-step", k)] = _runner(sweep.make_sweep_step(model, tx, norm), *states(),
+                                        batches)
+    runners[("windowed", k)] = _runner(sweep.make_window_step(model, tx, norm), *states(),
+                                       [window])
   # Interleaved rounds, median per program: a drift of the machine's speed hits all alike.
-  times = {k: [] for k in runners}
+  times = {key: [] for key in runners}
   for _ in range(FLAGS.rounds):
-    for k, run in runners.items():
-      times[k].append(run(FLAGS.steps))
-  t = {k: float(np.median(v)) for k, v in times.items()}
-  print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.model}, batch "
-        f"{FLAGS.batch_size}, dropout {FLAGS.dropout}; median of {FLAGS.rounds} interleaved "
-        f"rounds of {FLAGS.steps} steps")
-  print(f"single model: {t[0] * 1e3:.2f} ms/step, {FLAGS.batch_size / t[0]:.0f} img/s")
-  print(f"{'K':>3} {'ms/step':>9} {'model-img/s':>12} {'sequential':>12} {'ratio':>6}")
+    for key, run in runners.items():
+      times[key].append(run())
+  t = {key: float(np.median(v)) for key, v in times.items()}
+  t0 = t[("single", 1)]
+  print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.model}, batch {b}, "
+        f"dropout {FLAGS.dropout}, windows of {w}; median of {FLAGS.rounds} interleaved rounds "
+        f"of {FLAGS.windows * w} steps")
+  print(f"single model: {t0 * 1e3:.2f} ms/step, {b / t0:.0f} img/s; sequential runs give "
+        f"that per model")
+  print(f"{'K':>3} {'lock-step ms':>13} {'model-img/s':>12} {'ratio':>6} {'windowed ms':>12} "
+        f"{'model-img/s':>12} {'ratio':>6}")
   for k in FLAGS.members:
-    images = k * FLAGS.batch_size
-    print(f"{k:>3} {t[k] * 1e3:9.2f} {images / t[k]:12.0f} "
-          f"{images / (k * t[0]):12.0f} {k * t[0] / t[k]:6.2f}")
+    lock, win = t[("lock-step", k)], t[("windowed", k)]
+    print(f"{k:>3} {lock * 1e3:13.2f} {k * b / lock:12.0f} {k * t0 / lock:6.2f} "
+          f"{win * 1e3:12.2f} {k * b / win:12.0f} {k * t0 / win:6.2f}")
 
 
 if __name__ == "__main__":

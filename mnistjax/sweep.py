@@ -1,13 +1,15 @@
 """Sweeps: K variants of one config trained together, in one compiled program.
 
 Members are stacked along a leading axis of the train state and run through the
-ordinary `train_step` (`jax.vmap`ped on accelerators, `lax.map`ped on CPU, see
-`member_loop`); every member sees the same data batch. What a
-member may vary lives in its state as arrays: the learning rate, momentum and
-weight decay in the optimiser's injected hyperparameters, the L2 coefficient
-and the dropout rate in `state.hparams`, the seed in its init and dropout keys.
-A member whose loss turns NaN or infinite is frozen (its state stops changing)
-and reported; the others go on.
+ordinary `train_step`; every member sees the same data batches. On accelerators
+`sweep_step` vmaps the step: all members take each step together. On CPU
+`window_step` takes WINDOW_STEPS batches at a time and trains the members one
+after another over them (see `windowed`). What a member may vary lives in its
+state as arrays: the learning rate, momentum and weight decay in the optimiser's
+injected hyperparameters, the L2 coefficient and the dropout rate in
+`state.hparams`, the seed in its init and dropout keys. A member whose loss turns
+NaN or infinite is frozen (its state stops changing) and reported; the others go
+on.
 """
 
 from __future__ import annotations
@@ -98,32 +100,68 @@ def create_states(model, group: list[Member], sweep_dropout: bool, num_train: in
   return stack(states), jnp.stack(keys)
 
 
+# Batches per window of the CPU sweep (see `windowed`): benchmarks/sweep.py measured 8-60
+# alike; fewer spend more of the window on moving member states, more pad the epoch's last
+# window with more skipped steps.
+WINDOW_STEPS = 16
+
+
 def member_loop() -> bool:
   """Whether members run one after another inside the program (lax.map) rather than vmapped.
 
-  On XLA:CPU the vmapped convolutions are slower than a loop over members (LeNet, K=4,
-  dropout 0.25: 0.56x vs 0.79x of sequential runs, benchmarks/sweep.py); on GPU/TPU vmap
-  gives the accelerator the wide work it needs.
+  On XLA:CPU a step's speed depends on its working set staying in cache: vmapped members
+  multiply it by K (LeNet, K=4, dropout 0.25: 0.56x of sequential runs against 0.79x for a
+  loop over members, benchmarks/sweep.py); on GPU/TPU vmap gives the accelerator the wide
+  work it needs.
   """
   return jax.default_backend() == "cpu"
 
 
-def sweep_step(state, batch, keys, *, model, tx, norm):
-  """train_step for every member at once; members whose loss is not finite keep their state."""
+def windowed(dp=None) -> bool:
+  """Whether a sweep trains in windows of WINDOW_STEPS batches, member after member
+  (`window_step`), rather than all members step by step (`sweep_step`).
+
+  On CPU, a step that cycles through K members' parameters and optimiser states touches K
+  times the memory of a single run's step, which keeps its state in cache from one step to
+  the next: a lock-step sweep ran at 0.34-0.77x of K sequential runs (mlp_deep K=8 .. LeNet
+  K=4), windows at 1.0-1.15x (benchmarks/sweep.py). Members are independent, so the order
+  changes nothing but speed. Data-parallel sweeps (dp) keep the lock-step program.
+  """
+  return member_loop() and (dp is None or dp.size == 1)
+
+
+def _member_step(state, batch, key, *, model, tx, norm):
+  """train_step for one member. A member whose loss is not finite keeps its state and is
+  marked dead (alive False); a batch with no example (a window's padding) changes nothing."""
   from mnistjax import train  # pylint: disable=g-import-not-at-top
 
-  step = functools.partial(train.train_step, model=model, tx=tx, norm=norm)
+  new, metrics = train.train_step(state, batch, key, model=model, tx=tx, norm=norm)
+  active = jnp.any(batch["mask"]) if "mask" in batch else True
+  finite = jnp.isfinite(metrics["loss"])
+  alive = state.hparams["alive"] & (finite | ~active)
+  new = jax.tree.map(lambda n, o: jnp.where(alive & active, n, o), new, state)
+  return new.replace(hparams={**new.hparams, "alive": alive}), metrics
+
+
+def sweep_step(state, batch, keys, *, model, tx, norm):
+  """One step of every member at once (vmapped; on CPU a loop over members): the stacked
+  state and metrics with a leading member axis."""
+  step = functools.partial(_member_step, model=model, tx=tx, norm=norm)
   if member_loop():
-    new, metrics = jax.lax.map(lambda sk: step(sk[0], batch, sk[1]), (state, keys))
-  else:
-    new, metrics = jax.vmap(step, in_axes=(0, None, 0))(state, batch, keys)
-  ok = state.hparams["alive"] & jnp.isfinite(metrics["loss"])
+    return jax.lax.map(lambda sk: step(sk[0], batch, sk[1]), (state, keys))
+  return jax.vmap(step, in_axes=(0, None, 0))(state, batch, keys)
 
-  def keep(n, o):
-    return jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o)
 
-  new = jax.tree.map(keep, new, state)
-  return new.replace(hparams={**new.hparams, "alive": ok}), metrics
+def window_step(state, batches, keys, *, model, tx, norm):
+  """Every member over a window of batches (each leaf W x ...), member after member: the
+  stacked state, and metrics K x W. Each member's steps are those sweep_step would take."""
+  step = functools.partial(_member_step, model=model, tx=tx, norm=norm)
+
+  def member(state_key):
+    state, key = state_key
+    return jax.lax.scan(lambda s, batch: step(s, batch, key), state, batches)
+
+  return jax.lax.map(member, (state, keys))
 
 
 def make_sweep_step(model, tx: optax.GradientTransformation, norm, dp=None):
@@ -131,6 +169,28 @@ def make_sweep_step(model, tx: optax.GradientTransformation, norm, dp=None):
   runs data-parallel over dp's devices."""
   return parallel.jit_step(functools.partial(sweep_step, model=model, tx=tx, norm=norm), dp,
                            donate_state=True, replicate_outputs=True)
+
+
+def make_window_step(model, tx: optax.GradientTransformation, norm):
+  """window_step jitted, the state donated."""
+  return jax.jit(functools.partial(window_step, model=model, tx=tx, norm=norm),
+                 donate_argnums=0)
+
+
+def windows(batches, size: int):
+  """Groups host batches (each with a "mask") into windows of `size`, stacked: yields
+  (window, number of real batches). The last window is padded with batches that have no
+  example, which window_step skips."""
+  group: list[dict] = []
+  for batch in batches:
+    group.append(batch)
+    if len(group) == size:
+      yield {k: np.stack([b[k] for b in group]) for k in batch}, size
+      group = []
+  if group:
+    real = len(group)
+    group += [{**group[-1], "mask": np.zeros_like(group[-1]["mask"])}] * (size - real)
+    yield {k: np.stack([b[k] for b in group]) for k in group[0]}, real
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -263,6 +263,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
     train_fn = sweep_lib.make_sweep_step(model, tx, norm, dp)
   else:
     state = create_state(model, tx, init_key, config.l2)
+  window_fn = (sweep_lib.make_window_step(model, tx, norm)
+               if group and not scanned_epochs(config) and sweep_lib.windowed(dp) else None)
   place = dp.put_replicated if dp else (lambda tree: tree)
   state, dropout_key = place(state), place(dropout_key)
   out = reporting.Workdir(workdir, log) if workdir else None
@@ -319,7 +321,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
         else:
           state, examples_seen = _train_epoch(config, train_fn, state, dataset, shuffle_key,
                                               dropout_key, epoch, steps_per_epoch,
-                                              examples_seen, timing, out, stop, group, log)
+                                              examples_seen, timing, out, stop, group, log,
+                                              window_fn)
         train_seconds = time.perf_counter() - start
         records = _evaluate_members(config, eval_fn, state, group, dataset, epoch,
                                     examples_seen)
@@ -389,39 +392,52 @@ def _report(records, out, log, suffix: str = "") -> None:
 
 
 def _train_epoch(config, train_fn, state, dataset, shuffle_key, dropout_key, epoch,
-                 steps_per_epoch, examples_seen, timing, out, stop, group=None, log=print):
-  """Trains one epoch; pulls the losses to the host once per log interval."""
+                 steps_per_epoch, examples_seen, timing, out, stop, group=None, log=print,
+                 window_fn=None):
+  """Trains one epoch; pulls the losses to the host once per log interval. With window_fn
+  (a sweep on CPU, see sweep.windowed), the batches go in windows of sweep.WINDOW_STEPS."""
   pending: list[tuple[int, int, jax.Array]] = []  # (step, examples seen, loss on device)
   # Masked batches, the last one padded: one compiled step for the epoch, not two.
   batches = data.train_batches(dataset.train, config.batch_size, shuffle_key, epoch,
                                config.drop_remainder, masked=True)
-  t_steady, images_steady = time.perf_counter(), 0
+  if window_fn:
+    units = sweep_lib.windows(batches, sweep_lib.WINDOW_STEPS)
+  else:
+    units = ((batch, None) for batch in batches)
+  t_steady, images_steady, i = time.perf_counter(), 0, 0
   with reporting.progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
-    for i, batch in enumerate(batches):
-      size = int(batch["mask"].sum())  # real examples
-      shape = len(batch["label"])
-      compiles = shape not in timing["shapes"]  # the first call of each batch shape compiles
+    for unit, real in units:  # a batch, or a window of `real` batches and padding
+      shape = unit["label"].shape
+      compiles = shape not in timing["shapes"]  # the first call of each shape compiles
       if compiles:
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         timing["train_seconds"] += t0 - t_steady
-      state, step_metrics = train_fn(state, batch, dropout_key)
-      examples_seen += size
-      pending.append((i + 1 + (epoch - 1) * steps_per_epoch, examples_seen, step_metrics["loss"]))
+      if real is None:
+        state, step_metrics = train_fn(state, unit, dropout_key)
+        sizes, losses = [int(unit["mask"].sum())], [step_metrics["loss"]]
+      else:
+        state, step_metrics = window_fn(state, unit, dropout_key)  # metrics K x W
+        sizes = unit["mask"][:real].sum(axis=1).tolist()
+        losses = [step_metrics["loss"][:, j] for j in range(real)]
       if compiles:  # its time is reported apart from the steady-state throughput
         jax.block_until_ready(state)
         timing["shapes"].add(shape)
         timing["compile_seconds"] += time.perf_counter() - t0
         t_steady = time.perf_counter()
       else:
-        images_steady += size
-      bar.update(1)
+        images_steady += sum(sizes)
+      for size, loss in zip(sizes, losses):
+        i += 1
+        examples_seen += size
+        pending.append((i + (epoch - 1) * steps_per_epoch, examples_seen, loss))
+        bar.update(1)
+        if i % config.log_every == 0 or i == steps_per_epoch:
+          losses_host = np.asarray(parallel.to_host([loss for _, _, loss in pending]))
+          rows = [{"epoch": epoch, "step": s, "examples_seen": n} for s, n, _ in pending]
+          pending = []
+          _log_interval(losses_host, rows, state, group, timing, epoch, out, log, bar)
       stop.check()
-      if (i + 1) % config.log_every == 0 or i + 1 == steps_per_epoch:
-        losses = np.asarray(parallel.to_host([loss for _, _, loss in pending]))  # (n[, K])
-        rows = [{"epoch": epoch, "step": s, "examples_seen": n} for s, n, _ in pending]
-        pending = []
-        _log_interval(losses, rows, state, group, timing, epoch, out, log, bar)
   jax.block_until_ready(state)
   timing["train_seconds"] += time.perf_counter() - t_steady
   timing["train_images"] += images_steady
@@ -432,8 +448,7 @@ def _log_interval(losses, rows, state, group, timing, epoch, out, log, bar) -> N
   """One log interval's training losses (n steps [x K members]): NaN check or freeze report,
   progress-bar text, a train_log.jsonl row."""
   if group:
-    _freeze_report(state, group, timing.setdefault("frozen", set()), rows[-1]["step"],
-                   epoch, log)
+    _freeze_report(losses, rows, state, group, timing.setdefault("frozen", set()), epoch, log)
     finite = np.isfinite(losses)
     count = finite.sum(0)
     mean = np.where(count > 0, np.where(finite, losses, 0).sum(0) / np.maximum(count, 1),
@@ -511,15 +526,17 @@ def _train_epoch_scanned(config, epoch_fn, state, resident, shuffle_key, dropout
   return state, examples_seen + trained
 
 
-def _freeze_report(state, group, frozen: set, step, epoch, log) -> None:
-  """Logs members that diverged since the last interval; raises if none is left."""
-  alive = parallel.to_host(state.hparams["alive"])
-  for k in np.flatnonzero(~alive):
+def _freeze_report(losses, rows, state, group, frozen: set, epoch, log) -> None:
+  """Logs the members whose loss became NaN or infinite in this interval (losses: n steps x K
+  members), with the step; raises if no member is left alive."""
+  for k in np.flatnonzero(~np.isfinite(losses).all(axis=0)):
     if k not in frozen:
       frozen.add(k)
-      log(f"member {group[k].name}: the training loss became NaN or infinite by step {step} "
-          f"(epoch {epoch}); frozen, the other members go on")
-  if not alive.any():
+      j = int(np.argmin(np.isfinite(losses[:, k])))  # its first non-finite step
+      log(f"member {group[k].name}: the training loss became {losses[j, k]} at step "
+          f"{rows[j]['step']} (epoch {epoch}); frozen, the other members go on")
+  if not parallel.to_host(state.hparams["alive"]).any():
+    step = int(np.max(parallel.to_host(state.step)))
     raise NonFiniteLoss(f"every member of the sweep diverged by step {step} (epoch {epoch}); "
                         "lower --lr")
 

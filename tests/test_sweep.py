@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
 
 from mnistjax import config as config_lib
-from mnistjax import reporting, sweep, train
+from mnistjax import data, reporting, sweep, train
 from mnistjax.errors import ConfigError
 from conftest import quiet, synthetic
 
@@ -41,8 +43,14 @@ def test_equal_settings_and_seed_are_identical_other_seeds_differ():
 
 
 def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
+  lines = []
   result = train.train_and_evaluate(BASE.replace(epochs=2, log_every=2), str(tmp_path),
-                                    dataset=synthetic(), sweep={"lr": (0.05, 1e30)}, **quiet())
+                                    dataset=synthetic(), sweep={"lr": (0.05, 1e30)},
+                                    log=lines.append)
+  reports = [line for line in lines if line.startswith("member lr=1e+30")]
+  assert len(reports) == 1 and re.fullmatch(
+      r"member lr=1e\+30: the training loss became -?(nan|inf) at step [12] \(epoch 1\); "
+      r"frozen, the other members go on", reports[0])
   good, bad = result["members"]
   assert not good["diverged"] and good["test_accuracy"] > 50
   assert bad["diverged"]
@@ -52,6 +60,47 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
   assert {r["member"] for r in rows} == {"lr=0.05", "lr=1e+30"}
   assert all("lr" in r for r in rows)
   assert (tmp_path / "sweep_accuracy.png").exists() and (tmp_path / "sweep_curves.png").exists()
+
+
+def _lock_step_and_window(axes, n_batches, window):
+  """A sweep's states after n_batches taken by sweep_step one by one, and by window_step in
+  windows of `window` (the last one padded), with the losses of each."""
+  ds = synthetic()
+  _, model, tx, norm = train.setup(BASE, ds)
+  group = sweep.members(BASE, axes)
+  batches = list(data.train_batches(ds.train, BASE.batch_size, jax.random.key(0), 1, False,
+                                    masked=True))[:n_batches]
+  state, keys = sweep.create_states(model, group, "dropout" in axes, len(ds.train))
+  step, lock_losses = sweep.make_sweep_step(model, tx, norm), []
+  for batch in batches:
+    state, metrics = step(state, batch, keys)
+    lock_losses.append(metrics["loss"])
+  lock = (state, np.stack(lock_losses, axis=1))
+  state, keys = sweep.create_states(model, group, "dropout" in axes, len(ds.train))
+  step, window_losses = sweep.make_window_step(model, tx, norm), []
+  for stacked, real in sweep.windows(batches, window):
+    state, metrics = step(state, stacked, keys)
+    window_losses.append(np.asarray(metrics["loss"])[:, :real])
+  return lock, (state, np.concatenate(window_losses, axis=1))
+
+
+@pytest.mark.parametrize("axes", [{"dropout": (0.0, 0.5)}, {"lr": (0.05, 0.01), "seed": (0, 1)}])
+def test_window_step_takes_sweep_steps_and_skips_its_padding(axes):
+  (lock, lock_losses), (windowed, window_losses) = _lock_step_and_window(axes, 5, 3)
+  assert window_losses.shape == lock_losses.shape == (len(sweep.members(BASE, axes)), 5)
+  np.testing.assert_allclose(window_losses, lock_losses, rtol=1e-5)
+  np.testing.assert_array_equal(windowed.step, lock.step)  # 5: the padding took no step
+  for a, b in zip(jax.tree.leaves(windowed), jax.tree.leaves(lock)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_windows_stack_batches_and_pad_the_last_with_empty_ones():
+  batches = [{"image": np.full((4, 2), i), "mask": np.ones(4, bool)} for i in range(5)]
+  windows = list(sweep.windows(iter(batches), 2))
+  assert [real for _, real in windows] == [2, 2, 1]
+  last = windows[-1][0]
+  assert last["image"].shape == (2, 4, 2) and last["image"][0, 0, 0] == 4
+  np.testing.assert_array_equal(last["mask"], [[True] * 4, [False] * 4])
 
 
 def test_every_member_diverging_stops_the_run():

@@ -141,8 +141,11 @@ def test_a_scanned_epoch_trains_exactly_as_the_python_loop(tmp_path, sweep_axes)
   runs = {loop: train.train_and_evaluate(cfg.replace(epoch_loop=loop), str(tmp_path / loop), ds,
                                          sweep=sweep_axes, **quiet())
           for loop in ("python", "scan")}
+  # A sweep's Python loop on CPU trains in windows (sweep.window_step), another program than
+  # the scanned lock-step one: the same steps, rounded differently (as in test_sweep.py).
+  tol = dict(rtol=1e-6, atol=1e-7) if sweep_axes is None else dict(rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree.leaves(runs["python"]["state"]), jax.tree.leaves(runs["scan"]["state"])):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a, b, **tol)
   logs = {loop: reporting.read_jsonl(tmp_path / loop / "train_log.jsonl") for loop in runs}
   assert [(r["step"], r["examples_seen"], r["interval"]) for r in logs["python"]] == \
       [(r["step"], r["examples_seen"], r["interval"]) for r in logs["scan"]]
