@@ -2,7 +2,7 @@
 
   python -m pip install -e ".[bench]"      # PyTorch's CPU build (torch==2.13.0)
   MNISTJAX_DATA_DIR=../shared/data python benchmarks/run.py [--models=lenet,cnn3,mlp_deep]
-      [--steps=50] [--epoch_models=lenet,mlp_deep] [--s0a] [--out=bench.json]
+      [--steps=50] [--rounds=3] [--epoch_models=lenet,mlp_deep] [--s0a] [--out=bench.json]
 
 For each model at its notebook's batch size and optimiser it prints, for JAX and for
 PyTorch eager (NCHW as the notebooks, and channels-last for the conv nets):
@@ -10,14 +10,17 @@ steady-state training images/s, the ratio against the faster PyTorch layout, the
 compile time (JAX) or first step (PyTorch), the wall time of a whole epoch including
 the evaluation of the train and test sets, the peak resident memory of the process,
 and the fraction of this machine's fp32 matmul peak that the JAX step reaches
-(the FLOPs XLA counts in the compiled step / step time / the peak of a large jnp
-matmul measured in the same run). With --s0a it also times the whole S0a relu run
+(the FLOPs XLA counts in the step / step time / the peak of a large jnp matmul
+measured in the same run). With --s0a it also times the whole S0a relu run
 (5 epochs, train and test evaluated after each), start of the process to its end:
 `experiments/run.py` against the same protocol in PyTorch.
 
 Every measurement runs in its own child process, one after another, so that peak
 memory belongs to one framework and one model and neither framework competes with
-the other for the cores.
+the other for the cores. The machine's speed drifts over minutes, so the
+implementations are measured in interleaved rounds (--rounds: jax, torch,
+torch_cl, jax, ...; the whole runs likewise) and the median of each is reported;
+the epoch, compile and memory figures come from the first round.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import pathlib
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +43,7 @@ flags.DEFINE_list("models", ["lenet", "cnn3", "mlp_deep"], "models to measure")
 flags.DEFINE_list("epoch_models", ["lenet", "mlp_deep"], "models whose whole epoch is timed "
                   "(CNN3's takes minutes on a 2-core CPU in either framework)")
 flags.DEFINE_integer("steps", 50, "timed steps per repeat (3 repeats, median)")
+flags.DEFINE_integer("rounds", 3, "interleaved rounds of every measurement (median reported)")
 flags.DEFINE_bool("s0a", False, "also time the whole S0a relu run in both frameworks")
 flags.DEFINE_string("out", None, "also write the results as JSON here")
 flags.DEFINE_string("worker", None, "internal: the measurement a child process makes")
@@ -87,6 +92,19 @@ def worker_peak() -> dict:
           "backend": jax.default_backend()}
 
 
+def step_flops(model, tx, norm, state, batch, key) -> float:
+  """The FLOPs XLA counts in a train step, traced with whole-batch patches: its cost analysis
+  counts a loop's body once, so the sliced convolutions (layers.patch_chunk) would be
+  undercounted; the arithmetic is the same."""
+  from mnistjax import layers, train  # pylint: disable=g-import-not-at-top
+  saved, layers.PATCH_WHOLE_BYTES = layers.PATCH_WHOLE_BYTES, 1 << 62
+  try:
+    step, _ = train.make_steps(model, tx, norm)
+    return float((step.lower(state, batch, key).cost_analysis() or {}).get("flops", 0.0))
+  finally:
+    layers.PATCH_WHOLE_BYTES = saved
+
+
 def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -102,9 +120,9 @@ def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
   batch = {"image": dataset.train.images[:b], "label": dataset.train.labels[:b].astype(np.int32)}
 
   start = time.perf_counter()
-  compiled = train_fn.lower(state, batch, dropout_key).compile()
+  train_fn.lower(state, batch, dropout_key).compile()
   compile_seconds = time.perf_counter() - start
-  flops = float((compiled.cost_analysis() or {}).get("flops", 0.0))
+  flops = step_flops(model, tx, norm, state, batch, dropout_key)
   for _ in range(3):
     state, _ = train_fn(state, batch, dropout_key)
   jax.block_until_ready(state)
@@ -223,11 +241,16 @@ def main(argv):
             f"{'epoch s':>8} {'test %':>7} {'RSS MB':>7} {'of peak':>7}")
   print(header)
   for model in FLAGS.models:
-    epoch = ["--epoch"] if model in FLAGS.epoch_models else []
-    rows = {}
-    for impl in ["jax", "torch"] + (["torch_cl"] if model != "mlp_deep" else []):
-      rows[impl], _ = child(f"--worker={impl}", f"--model={model}", f"--steps={FLAGS.steps}",
-                            *epoch)
+    impls = ["jax", "torch"] + (["torch_cl"] if model != "mlp_deep" else [])
+    rounds = {impl: [] for impl in impls}
+    for r in range(FLAGS.rounds):  # interleaved: a drift of the machine hits every impl alike
+      for impl in impls:
+        epoch = ["--epoch"] if r == 0 and model in FLAGS.epoch_models else []
+        rounds[impl].append(child(f"--worker={impl}", f"--model={model}",
+                                  f"--steps={FLAGS.steps}", *epoch)[0])
+    rows = {impl: {**runs[0], "seconds_per_step": statistics.median([x["seconds_per_step"] for x in runs]),
+                   "rounds_seconds_per_step": [x["seconds_per_step"] for x in runs]}
+            for impl, runs in rounds.items()}
     best_torch = min(r["seconds_per_step"] for k, r in rows.items() if k != "jax")
     for impl, r in rows.items():
       r["images_per_second"] = r["batch_size"] / r["seconds_per_step"]
@@ -239,18 +262,24 @@ def main(argv):
             f"{r['ratio_vs_best_torch']:6.2f} {first:11.2f} "
             f"{r.get('epoch_seconds', float('nan')):8.1f} "
             f"{r.get('epoch_test_accuracy', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} "
-            + (f"{r['fraction_of_peak']:7.1%}" if impl == "jax" else f"{'':>7}"))
+            + (f"{r['fraction_of_peak']:7.1%}" if impl == "jax" else f"{'':>7}"), flush=True)
     results["models"][model] = rows
   if FLAGS.s0a:
-    jax_run, jax_wall = whole_run(["experiments/run.py", "--model=lenet", "--activation=relu",
-                                   "--checkpoint=false"])
-    torch_run, torch_wall = child("--worker=torch_s0a")
+    walls = {"jax": [], "torch": []}
+    for _ in range(FLAGS.rounds):
+      jax_run, wall = whole_run(["experiments/run.py", "--model=lenet", "--activation=relu",
+                                 "--checkpoint=false"])
+      walls["jax"].append(wall)
+      torch_run, wall = child("--worker=torch_s0a")
+      walls["torch"].append(wall)
+    jax_wall, torch_wall = statistics.median(walls["jax"]), statistics.median(walls["torch"])
     results["s0a"] = {"jax_seconds": jax_wall, "torch_seconds": torch_wall,
-                      "jax_final": jax_run["output"], "torch_test_accuracy":
-                      torch_run["test_accuracy"], "torch_peak_rss_mb": torch_run["peak_rss_mb"]}
-    print(f"S0a relu, whole run (5 epochs + train/test evaluation each, process start to end): "
-          f"mnistjax {jax_wall:.1f} s, PyTorch {torch_wall:.1f} s, ratio "
-          f"{torch_wall / jax_wall:.2f}; PyTorch final test accuracy "
+                      "rounds_seconds": walls, "jax_final": jax_run["output"],
+                      "torch_test_accuracy": torch_run["test_accuracy"],
+                      "torch_peak_rss_mb": torch_run["peak_rss_mb"]}
+    print(f"S0a relu, whole run (5 epochs + train/test evaluation each, process start to end), "
+          f"median of {FLAGS.rounds}: mnistjax {jax_wall:.1f} s, PyTorch {torch_wall:.1f} s, "
+          f"ratio {torch_wall / jax_wall:.2f}; PyTorch final test accuracy "
           f"{torch_run['test_accuracy'][-1]:.2f}%; mnistjax: {jax_run['output']}")
   if FLAGS.out:
     pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -31,6 +31,15 @@ def test_the_jax_measurement_reports_every_column(mnist):
   assert r["epoch_test_accuracy"] > 80 and r["peak_rss_mb"] > 0
 
 
+def test_the_flop_count_covers_every_slice_of_a_sliced_convolution(mnist):
+  # CNN3 at batch 64 builds its patches in slices of the batch: a loop, whose body XLA's cost
+  # analysis would count once. Multiply-adds per image of its 4 convolutions and dense layer:
+  macs = [784 * 25 * 16, 784 * 400 * 32, 784 * 800 * 64, 196 * 1600 * 128, 18432 * 10]
+  matmul_flops = 2 * 64 * (3 * sum(macs) - macs[0])
+  r = worker("--worker=jax", "--model=cnn3", "--steps=1")
+  assert matmul_flops <= r["flops_per_step"] <= 1.2 * matmul_flops
+
+
 def test_the_pytorch_baseline_has_our_networks_parameter_counts():
   pytest.importorskip("torch")  # the `bench` extra
   sys.path.insert(0, str(ROOT / "benchmarks"))
