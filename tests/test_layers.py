@@ -201,12 +201,16 @@ def test_models_train_the_same_with_sliced_patches(monkeypatch):
                  whole[1])
 
 
-@pytest.mark.parametrize("window,stride,size", [(2, 2, 24), (3, 1, 14), (2, 2, 7)])
-def test_max_pool_equals_reduce_window(window, stride, size):
-  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-  np.testing.assert_array_equal(
-      layers.max_pool(x, window, stride),
-      nn.max_pool(x, (window, window), strides=(stride, stride)))
+@pytest.mark.parametrize("window,stride,size", [(2, 2, 24), (3, 1, 14), (2, 2, 7), (3, 2, 9)])
+def test_max_pool_and_its_gradient_equal_reduce_window(window, stride, size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))  # no ties
+  ours = lambda x: layers.max_pool(x, window, stride)  # noqa: E731
+  flax = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride))  # noqa: E731
+  np.testing.assert_array_equal(ours(x), flax(x))
+  weights = jax.random.normal(jax.random.key(1), ours(x).shape)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(ours(x) * weights))(x),
+                             jax.grad(lambda x: jnp.sum(flax(x) * weights))(x),
+                             rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", layers.MONOTONE_ACTIVATIONS)
