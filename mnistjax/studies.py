@@ -49,7 +49,7 @@ _S4 = Config(model="mlp_deep", normalization="none", lr=0.01, momentum=0.0, epoc
 
 # Speedrun (not a notebook): LeNet trained faster, with a larger batch, Nesterov momentum and a
 # learning rate that warms up and decays to zero; only the test set is evaluated.
-# One epoch: 99.09 +- 0.04 over seeds 0-4 in 57.7 s on a 2-core CPU (README, Performance).
+# One epoch: 99.09 +- 0.10 over seeds 0-4 in 60.1 s on a 2-core CPU (README, Performance).
 _SPEEDRUN = Config(model="lenet", batch_size=128, lr=0.15, momentum=0.9, nesterov=True,
                    schedule="linear", warmup_epochs=0.2, epochs=1, eval_train=False,
                    log_every=200)
