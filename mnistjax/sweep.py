@@ -136,7 +136,7 @@ def _member_step(state, batch, key, *, model, tx, norm):
   from mnistjax import train  # pylint: disable=g-import-not-at-top
 
   new, metrics = train.train_step(state, batch, key, model=model, tx=tx, norm=norm)
-  active = jnp.any(batch["mask"]) if "mask" in batch else True
+  active = jnp.any(batch["mask"]) if "mask" in batch else jnp.asarray(True)
   finite = jnp.isfinite(metrics["loss"])
   alive = state.hparams["alive"] & (finite | ~active)
   new = jax.tree.map(lambda n, o: jnp.where(alive & active, n, o), new, state)

@@ -94,6 +94,21 @@ def test_window_step_takes_sweep_steps_and_skips_its_padding(axes):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_diverging_member_is_frozen_also_on_a_batch_without_mask():
+  ds = synthetic()
+  _, model, tx, norm = train.setup(BASE, ds)
+  state, keys = sweep.create_states(model, sweep.members(BASE, {"lr": (0.05, 1e30)}), False,
+                                    len(ds.train))
+  batch = {"image": ds.train.images[:32], "label": ds.train.labels[:32].astype(np.int32)}
+  step = sweep.make_sweep_step(model, tx, norm)
+  for _ in range(3):
+    state, metrics = step(state, batch, keys)
+  assert state.hparams["alive"].dtype == bool
+  np.testing.assert_array_equal(state.hparams["alive"], [True, False])
+  np.testing.assert_array_equal(state.step, [3, 1])  # the frozen member stopped
+  assert np.isfinite(metrics["loss"][0])
+
+
 def test_windows_stack_batches_and_pad_the_last_with_empty_ones():
   batches = [{"image": np.full((4, 2), i), "mask": np.ones(4, bool)} for i in range(5)]
   windows = list(sweep.windows(iter(batches), 2))
