@@ -123,8 +123,8 @@ def windowed(dp=None) -> bool:
 
   On CPU, a step that cycles through K members' parameters and optimiser states touches K
   times the memory of a single run's step, which keeps its state in cache from one step to
-  the next: a lock-step sweep ran at 0.34-0.77x of K sequential runs (mlp_deep K=8 .. LeNet
-  K=4), windows at 1.0-1.15x (benchmarks/sweep.py). Members are independent, so the order
+  the next: a lock-step sweep ran at 0.40-0.95x of K sequential runs (mlp_deep K=8 .. LeNet
+  b128 K=5), windows at 0.96-1.19x (benchmarks/sweep.py; README, Sweeps). Members are independent, so the order
   changes nothing but speed. Data-parallel sweeps (dp) keep the lock-step program.
   """
   return member_loop() and (dp is None or dp.size == 1)
@@ -181,16 +181,19 @@ def windows(batches, size: int):
   """Groups host batches (each with a "mask") into windows of `size`, stacked: yields
   (window, number of real batches). The last window is padded with batches that have no
   example, which window_step skips."""
+  def stacked(group):
+    return {k: np.stack([b[k] for b in group]) for k in group[0]}
+
   group: list[dict] = []
   for batch in batches:
     group.append(batch)
     if len(group) == size:
-      yield {k: np.stack([b[k] for b in group]) for k in batch}, size
+      yield stacked(group), size
       group = []
   if group:
     real = len(group)
     group += [{**group[-1], "mask": np.zeros_like(group[-1]["mask"])}] * (size - real)
-    yield {k: np.stack([b[k] for b in group]) for k in group[0]}, real
+    yield stacked(group), real
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

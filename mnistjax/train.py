@@ -263,8 +263,9 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
     train_fn = sweep_lib.make_sweep_step(model, tx, norm, dp)
   else:
     state = create_state(model, tx, init_key, config.l2)
+  scanned = scanned_epochs(config)
   window_fn = (sweep_lib.make_window_step(model, tx, norm)
-               if group and not scanned_epochs(config) and sweep_lib.windowed(dp) else None)
+               if group and not scanned and sweep_lib.windowed(dp) else None)
   place = dp.put_replicated if dp else (lambda tree: tree)
   state, dropout_key = place(state), place(dropout_key)
   out = reporting.Workdir(workdir, log) if workdir else None
@@ -299,7 +300,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None,
   steps_per_epoch = data.num_train_steps(len(dataset.train), config.batch_size,
                                          config.drop_remainder)
   epoch_fn = resident = None
-  if scanned_epochs(config):  # the dataset on the device, each epoch one program
+  if scanned:  # the dataset on the device, each epoch one program
     step = (functools.partial(sweep_lib.sweep_step, model=model, tx=tx, norm=norm) if group
             else functools.partial(train_step, model=model, tx=tx, norm=norm))
     epoch_fn = make_scan_epoch(step, config, dp)
