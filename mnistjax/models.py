@@ -13,7 +13,6 @@ by the loss; see mnistjax.parallel).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -174,17 +173,28 @@ def build(name: str, **settings) -> nn.Module:
   return spec.module(**{**spec.defaults, **settings})
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
 def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
   """Initial variables ({"params": ..., and "batch_stats" where the model has BatchNorm}).
 
   One compiled program: run op by op, a LeNet's initialisation compiles ~40 small programs
   (each parameter shape's random draw its own); a run's first state then took 3.4-4.6 s on
   the 2-core CPU, against 2.3-2.7 s compiled. Values equal flax's op-by-op `model.init`:
-  bit for bit for uniform initialisers, to float32 rounding for normal ones.
+  bit for bit for uniform initialisers, to float32 rounding for normal ones. A model that
+  cannot be hashed (a setting given as a list) is initialised op by op.
   """
+  try:
+    hash(model)
+  except TypeError:
+    return _init(model, key, batch_size)
+  return _compiled_init(model, key, batch_size)
+
+
+def _init(model: nn.Module, key: jax.Array, batch_size: int) -> dict:
   x = jnp.zeros((batch_size, 28, 28, 1), jnp.float32)
   return model.init({"params": key, "dropout": key}, x, train=False)
+
+
+_compiled_init = jax.jit(_init, static_argnums=(0, 2))
 
 
 def count_params(params) -> int:

@@ -83,6 +83,13 @@ def test_compiled_init_gives_flax_init(name):
     assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, eager, compiled)))
 
 
+def test_init_of_a_model_with_a_list_setting_runs_op_by_op():
+  # A list cannot be a static argument of a compiled program; init must still work.
+  listed = models.init(models.build("lenet", features=[20, 50]), jax.random.key(3))
+  compiled = models.init(models.build("lenet"), jax.random.key(3))
+  assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, listed, compiled)))
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_gradients_match_finite_differences_in_evaluation_mode(name):
   # tanh keeps the function smooth: with ReLU, among ~10^5 units some pre-activation crosses
