@@ -50,3 +50,14 @@ def test_the_pytorch_baseline_has_our_networks_parameter_counts():
   for name, net in torch_baseline.NETS.items():
     ours = models.count_params(models.init(models.build(name), jax.random.key(0))["params"])
     assert sum(p.numel() for p in net().parameters()) == ours, name
+
+
+def test_ratios_pair_the_rounds_before_taking_the_median():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import run  # pylint: disable=g-import-not-at-top
+  # Rounds 1 and 3 say 2x; round 2 was disturbed. The medians of the two columns (4 and 4)
+  # would say 1x; paired, one disturbed round does not move the result.
+  ratio, ratios = run.paired_ratio([2.0, 4.0, 8.0], [1.0, 8.0, 4.0])
+  assert ratios == [2.0, 0.5, 2.0] and ratio == 2.0
+  with pytest.raises(ValueError):
+    run.paired_ratio([1.0, 2.0], [1.0])
