@@ -257,9 +257,11 @@ def main(argv):
         epoch = ["--epoch"] if r == 0 and model in FLAGS.epoch_models else []
         rounds[impl].append(child(f"--worker={impl}", f"--model={model}",
                                   f"--steps={FLAGS.steps}", *epoch)[0])
-    rows = {impl: {**runs[0], "seconds_per_step": statistics.median([x["seconds_per_step"] for x in runs]),
-                   "rounds_seconds_per_step": [x["seconds_per_step"] for x in runs]}
-            for impl, runs in rounds.items()}
+    rows = {}
+    for impl, runs in rounds.items():
+      per_round = [x["seconds_per_step"] for x in runs]
+      rows[impl] = {**runs[0], "seconds_per_step": statistics.median(per_round),
+                    "rounds_seconds_per_step": per_round}
     # Each round's faster PyTorch layout; ratios are paired within rounds (paired_ratio).
     best_torch = [min(r["rounds_seconds_per_step"][i] for k, r in rows.items() if k != "jax")
                   for i in range(FLAGS.rounds)]

@@ -124,8 +124,9 @@ def windowed(dp=None) -> bool:
   On CPU, a step that cycles through K members' parameters and optimiser states touches K
   times the memory of a single run's step, which keeps its state in cache from one step to
   the next: a lock-step sweep ran at 0.40-0.95x of K sequential runs (mlp_deep K=8 .. LeNet
-  b128 K=5), windows at 0.96-1.19x (benchmarks/sweep.py; README, Sweeps). Members are independent, so the order
-  changes nothing but speed. Data-parallel sweeps (dp) keep the lock-step program.
+  b128 K=5), windows at 0.96-1.19x (benchmarks/sweep.py; README, Sweeps). Members are
+  independent, so the order changes nothing but speed. Data-parallel sweeps (dp) keep the
+  lock-step program.
   """
   return member_loop() and (dp is None or dp.size == 1)
 
