@@ -8,7 +8,7 @@ tensorflow-datasets uses, checked against their sha256 and size. With
 `source="tfds"` the data comes through tensorflow-datasets instead.
 
 Images stay uint8 (N x 28 x 28) in memory; `normalize` turns a batch into
-float32 inside the jitted step.
+floats inside the jitted step.
 """
 
 from __future__ import annotations
@@ -374,9 +374,10 @@ def estimate_normalization(images: np.ndarray) -> tuple[float, float]:
 
 
 def normalize(images_BxHxW: jax.Array, mean: float, std: float) -> jax.Array:
-  """uint8 images -> float32 (x/255 - mean)/std with a channel axis (B x H x W x 1)."""
+  """uint8 images -> (x/255 - mean)/std with a channel axis (B x H x W x 1), in JAX's default
+  float (float32; float64 under x64, where the equivalence tests run)."""
   scale, shift = 1.0 / (255.0 * std), -mean / std
-  return (images_BxHxW.astype(jnp.float32) * scale + shift)[..., None]
+  return (images_BxHxW.astype(jnp.result_type(float)) * scale + shift)[..., None]
 
 
 def epoch_permutation(shuffle_key: jax.Array, epoch: int, n: int) -> np.ndarray:

@@ -11,3 +11,11 @@ class ConfigError(MnistjaxError, ValueError):
 
 class DataError(MnistjaxError):
   """A dataset file is missing, truncated, corrupt or inconsistent."""
+
+
+class NonFiniteLoss(MnistjaxError):
+  """The training loss became NaN or infinite."""
+
+
+class Interrupted(MnistjaxError):
+  """The run was stopped by the user (Ctrl-C) between or inside epochs."""

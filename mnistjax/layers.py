@@ -54,8 +54,8 @@ def torch_bias_init(fan_in: int) -> Initializer:
   """PyTorch's default bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   bound = 1.0 / math.sqrt(fan_in)
 
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  def init(key, shape, dtype=None):  # JAX's default float, as jax.nn.initializers
+    return jax.random.uniform(key, shape, dtype or jnp.result_type(float), -bound, bound)
 
   return init
 

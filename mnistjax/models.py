@@ -190,8 +190,12 @@ def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
 
 
 def _init(model: nn.Module, key: jax.Array, batch_size: int) -> dict:
-  x = jnp.zeros((batch_size, 28, 28, 1), jnp.float32)
-  return model.init({"params": key, "dropout": key}, x, train=False)
+  dtype = jnp.result_type(float)  # float32; float64 under x64
+  x = jnp.zeros((batch_size, 28, 28, 1), dtype)
+  variables = model.init({"params": key, "dropout": key}, x, train=False)
+  # Flax keeps BatchNorm's statistics and some parameters in float32 whatever the mode: one
+  # dtype for every variable, so that a run under x64 is float64 throughout.
+  return jax.tree.map(lambda a: a.astype(dtype), variables)
 
 
 _compiled_init = jax.jit(_init, static_argnums=(0, 2))

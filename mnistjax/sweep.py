@@ -94,7 +94,7 @@ def create_states(model, group: list[Member], sweep_dropout: bool, num_train: in
     state = train.create_state(model, member_tx, init_key, cfg.l2)
     hparams = {**state.hparams, "alive": jnp.asarray(True)}
     if sweep_dropout:
-      hparams["dropout"] = jnp.asarray(cfg.dropout or 0.0, jnp.float32)
+      hparams["dropout"] = jnp.asarray(cfg.dropout or 0.0, jnp.result_type(float))
     states.append(state.replace(hparams=hparams))
     keys.append(dropout_key)
   return stack(states), jnp.stack(keys)

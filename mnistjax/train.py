@@ -28,17 +28,9 @@ from mnistjax import data, metrics, models, optim, parallel, plots, reporting
 from mnistjax import sweep as sweep_lib
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config
-from mnistjax.errors import MnistjaxError
+from mnistjax.errors import Interrupted, NonFiniteLoss
 
 Batch = dict[str, Any]
-
-
-class NonFiniteLoss(MnistjaxError):
-  """The training loss became NaN or infinite."""
-
-
-class Interrupted(MnistjaxError):
-  """The run was stopped by the user (Ctrl-C) between or inside epochs."""
 
 
 @flax.struct.dataclass
@@ -57,7 +49,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Ar
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                    hparams={"l2": jnp.asarray(l2, jnp.float32)})
+                    hparams={"l2": jnp.asarray(l2, jnp.result_type(float))})
 
 
 def _variables(params, batch_stats) -> dict:
@@ -81,7 +73,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: nn.Mod
 
   # A batch padded for data parallelism has a mask; its padding carries no weight anywhere.
   mask = batch.get("mask")
-  weight = None if mask is None else mask.astype(jnp.float32)
+  weight = None if mask is None else mask.astype(x.dtype)
   count = labels.shape[0] if mask is None else jnp.sum(weight)
 
   def mean(values_B):
@@ -99,7 +91,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: nn.Mod
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step_metrics = {"loss": loss, "data_loss": data_loss,
-                  "accuracy": mean((jnp.argmax(logp, -1) == labels).astype(jnp.float32)),
+                  "accuracy": mean((jnp.argmax(logp, -1) == labels).astype(logp.dtype)),
                   "grad_norm": optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                        opt_state=opt_state), step_metrics

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import fake_split, idx_bytes, write_dataset, write_idx
+from conftest import F64_ATOL, F64_RTOL, fake_split, idx_bytes, write_dataset, write_idx
 from mnistjax import data
 from mnistjax.errors import ConfigError, DataError
 
@@ -256,7 +256,7 @@ def test_train_batches_cover_the_split_once(drop_remainder):
   np.testing.assert_array_equal(real, seen)  # the same examples in the same order
 
 
-def test_a_padded_masked_batch_trains_exactly_as_the_unpadded_one():
+def test_a_padded_masked_batch_trains_exactly_as_the_unpadded_one(x64):
   # BatchNorm (statistics over the real examples only) and L2 (divided by the real count).
   from mnistjax import config as config_lib, models, optim, train  # noqa: E401
   cfg = config_lib.Config(batchnorm=True, l2=0.5)
@@ -272,8 +272,8 @@ def test_a_padded_masked_batch_trains_exactly_as_the_unpadded_one():
              for b in (plain, padded)]
   (a, ma), (b, mb) = results
   for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+    np.testing.assert_allclose(x, y, rtol=F64_RTOL, atol=F64_ATOL)
+  np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=F64_RTOL)
   assert float(ma["accuracy"]) == float(mb["accuracy"])
 
 

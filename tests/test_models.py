@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from conftest import enable_x64
 from mnistjax import layers, models
 from mnistjax.errors import ConfigError
 
@@ -96,7 +97,7 @@ def test_gradients_match_finite_differences_in_evaluation_mode(name):
   # zero within any finite-difference step, and the two sides of its kink disagree.
   model = models.build(name, activation="tanh")
   variables32 = models.init(model, jax.random.key(0))
-  with jax.enable_x64(True):
+  with enable_x64():
     variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables32)
     if "batch_stats" in variables:  # non-trivial running statistics
       variables["batch_stats"] = jax.tree.map(
