@@ -1,4 +1,4 @@
-"""Trains a study of SPEC.md, or any single configuration, from the command line.
+"""Trains a study of the notebooks (docs/studies.md), or any configuration, from the command line.
 
   python experiments/run.py --model=lenet --activation=sigmoid
   python experiments/run.py --study=s1_fashion_cnn3 --epochs=3 --workdir=runs/cnn3
@@ -6,20 +6,22 @@
   python experiments/run.py --list
 
 Every setting is a flag (a field of mnistjax.config.Config). Without --study,
-flags not given keep Config's defaults (SPEC S0's protocol); with it, the
+flags not given keep Config's defaults (study S0's protocol); with it, the
 study's protocol. Bad input ends the run with one line on stderr and exit
 status 2; a diverged run exits 3, Ctrl-C 130, both keeping a resumable workdir.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from absl import app, flags
 
 from mnistjax import cli, parallel, studies, sweep, train
 
-flags.DEFINE_string("study", None, "a named study of SPEC.md (see --list)")
+flags.DEFINE_string("study", None, "a named study of the notebooks (see --list and "
+                    "docs/studies.md)")
 flags.DEFINE_string("workdir", None, "write config, metrics, plots and checkpoints here")
 flags.DEFINE_bool("resume", False, "continue from the workdir's last checkpoint")
 flags.DEFINE_bool("list", False, "print the models, optimisers and studies, then exit")
@@ -50,5 +52,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=functools.partial(
+      cli.parse_flags, doc=__doc__, main_flags=("study", "workdir", "resume", "sweep", "list")))
   sys.exit(0)

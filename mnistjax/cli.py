@@ -6,14 +6,14 @@ import contextlib
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Iterator
 
 from absl import flags
 from absl import logging as absl_logging
 
 from mnistjax import config as config_lib
-from mnistjax.errors import MnistjaxError
-from mnistjax.train import Interrupted, NonFiniteLoss
+from mnistjax.errors import Interrupted, MnistjaxError, NonFiniteLoss
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -80,8 +80,37 @@ def user_errors() -> Iterator[None]:
     fail(str(e))
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with a one-line error instead of its usage dump."""
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
+
+
+def _flag_line(flag: flags.Flag) -> str:
+  name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
+  if flag.default not in (None, "", []):
+    name += f" (default {str(flag.default).lower() if flag.boolean else flag.default})"
+  return f"  {name}\n" + textwrap.fill(" ".join(flag.help.split()), width=88,
+                                       initial_indent=" " * 6, subsequent_indent=" " * 6)
+
+
+def help_text(doc: str, main_flags: list[str],
+              flag_values: flags.FlagValues = flags.FLAGS) -> str:
+  """The program's docstring, then its own flags and the Config flags by section."""
+  lines = [doc.strip(), "", "run:"] + [_flag_line(flag_values[n]) for n in main_flags]
+  for section in config_lib.SECTIONS:
+    lines += ["", f"{section}:"] + [_flag_line(flag_values[f.name]) for f in config_lib.fields()
+                                    if f.metadata["section"] == section]
+  lines += ["", "--helpfull lists every flag, JAX's and absl's included."]
+  return "\n".join(lines)
+
+
+def parse_flags(argv: list[str], doc: str = "", main_flags: tuple[str, ...] = ()) -> list[str]:
+  """absl's parser, with a one-line error instead of its usage dump, and a --help (or -h) that
+  lists the run's own settings and exits 0."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    try:
+      print(help_text(doc, list(main_flags)), flush=True)
+    except BrokenPipeError:  # `run.py --help | head`: the reader left, nothing to report
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:

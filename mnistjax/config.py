@@ -14,56 +14,66 @@ from mnistjax import data, layers, models, optim
 from mnistjax.errors import ConfigError
 
 
-def _field(default, help_text: str):
-  return dataclasses.field(default=default, metadata={"help": help_text})
+# The sections of `--help`, in order.
+SECTIONS = ("model", "data", "optimisation", "evaluation and running")
+_MODEL, _DATA, _OPT, _RUN = SECTIONS
+
+
+def _field(default, help_text: str, section: str):
+  return dataclasses.field(default=default, metadata={"help": help_text, "section": section})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Defaults are SPEC S0 (LeNet, SGD lr 0.01 momentum 0.5, batch 64, 5 epochs)."""
+  """Defaults are study S0's protocol (LeNet, SGD lr 0.01 momentum 0.5, batch 64, 5 epochs)."""
   # Model. None keeps the model's own default.
-  model: str = _field("lenet", "network, one of models.MODELS")
-  activation: str | None = _field(None, "hidden activation: relu, sigmoid, tanh, prelu")
-  dropout: float | None = _field(None, "drop probability after hidden layers (0 = off)")
-  batchnorm: bool | None = _field(None, "BatchNorm after hidden activations")
-  init: str | None = _field(None, "kernel initialiser: " + ", ".join(layers.KERNEL_INITS))
-  input_dropout: float | None = _field(None, "drop probability on the input pixels (MLPs)")
-  prelu_init: float | None = _field(None, "initial PReLU slope (one slope shared by the layers)")
+  model: str = _field("lenet", "network: " + ", ".join(models.MODELS), _MODEL)
+  activation: str | None = _field(None, "hidden activation: " + ", ".join(layers.ACTIVATIONS),
+                                  _MODEL)
+  dropout: float | None = _field(None, "drop probability after hidden layers (0 = off)", _MODEL)
+  batchnorm: bool | None = _field(None, "BatchNorm after hidden activations", _MODEL)
+  init: str | None = _field(None, "kernel initialiser: " + ", ".join(layers.KERNEL_INITS), _MODEL)
+  input_dropout: float | None = _field(None, "drop probability on the input pixels (MLPs)", _MODEL)
+  prelu_init: float | None = _field(None, "initial PReLU slope (one slope shared by the layers)",
+                                    _MODEL)
   # Data.
-  dataset: str = _field("mnist", "mnist or fashion_mnist")
-  data_dir: str | None = _field(None, f"folder with the IDX files (default ${data.ENV_DATA_DIR})")
-  data_source: str = _field("auto", "auto (folder, cache, download) or tfds")
+  dataset: str = _field("mnist", "mnist or fashion_mnist", _DATA)
+  data_dir: str | None = _field(None, f"folder with the IDX files (default ${data.ENV_DATA_DIR})",
+                                _DATA)
+  data_source: str = _field("auto", "auto (folder, cache, download) or tfds", _DATA)
   normalization: str = _field("auto", "auto (the dataset's preset), estimate, or a preset: "
-                              + ", ".join(data.NORMALIZATIONS))
-  train_limit: int = _field(0, "use only the first N training images (0 = all)")
-  test_limit: int = _field(0, "use only the first N test images (0 = all)")
+                              + ", ".join(data.NORMALIZATIONS), _DATA)
+  train_limit: int = _field(0, "use only the first N training images (0 = all)", _DATA)
+  test_limit: int = _field(0, "use only the first N test images (0 = all)", _DATA)
   # Optimisation.
-  optimizer: str = _field("sgd", "optimiser: " + ", ".join(optim.OPTIMIZERS))
-  lr: float = _field(0.01, "learning rate")
-  momentum: float = _field(0.5, "SGD momentum (PyTorch semantics)")
-  nesterov: bool = _field(False, "Nesterov momentum")
-  weight_decay: float = _field(0.0, "coupled weight decay, added to the gradient (PyTorch)")
-  alpha: float = _field(0.99, "RMSprop smoothing constant (PyTorch's alpha)")
-  eps: float = _field(1e-8, "RMSprop / Adam epsilon, added after the square root")
-  beta1: float = _field(0.9, "Adam first-moment decay")
-  beta2: float = _field(0.999, "Adam second-moment decay")
-  l2: float = _field(0.0, "L2 penalty in the loss: l2 / (2 m) * sum of squared weights (S4)")
+  optimizer: str = _field("sgd", "optimiser: " + ", ".join(optim.OPTIMIZERS), _OPT)
+  lr: float = _field(0.01, "learning rate", _OPT)
+  momentum: float = _field(0.5, "SGD momentum (PyTorch semantics)", _OPT)
+  nesterov: bool = _field(False, "Nesterov momentum", _OPT)
+  weight_decay: float = _field(0.0, "coupled weight decay, added to the gradient (PyTorch)", _OPT)
+  alpha: float = _field(0.99, "RMSprop smoothing constant (PyTorch's alpha)", _OPT)
+  eps: float = _field(1e-8, "RMSprop / Adam epsilon, added after the square root", _OPT)
+  beta1: float = _field(0.9, "Adam first-moment decay", _OPT)
+  beta2: float = _field(0.999, "Adam second-moment decay", _OPT)
+  l2: float = _field(0.0, "L2 penalty in the loss: l2 / (2 m) * sum of squared weights (S4)",
+                     _OPT)
   schedule: str = _field("constant", "learning-rate schedule after the warm-up: "
-                         + ", ".join(optim.SCHEDULES) + " (decays reach 0 at the last step)")
-  warmup_epochs: float = _field(0.0, "linear learning-rate warm-up from 0, in epochs")
-  epochs: int = _field(5, "training epochs")
-  batch_size: int = _field(64, "training batch size")
-  drop_remainder: bool = _field(False, "drop the last partial training batch of each epoch")
-  seed: int = _field(1, "seed of initialisation, dropout and shuffling")
-  devices: int = _field(0, "data-parallel over this many local devices (0 = all of them)")
-  # Evaluation and logging.
-  eval_batch_size: int = _field(0, "evaluation batch size (0 = auto: 500 on CPU, where it "
-                                "measured fastest, 10000 on GPU/TPU)")
-  eval_train: bool = _field(True, "evaluate the full training set after each epoch (as S0)")
-  log_every: int = _field(100, "log the training loss every N steps")
+                         + ", ".join(optim.SCHEDULES) + " (decays reach 0 at the last step)", _OPT)
+  warmup_epochs: float = _field(0.0, "linear learning-rate warm-up from 0, in epochs", _OPT)
+  epochs: int = _field(5, "training epochs", _OPT)
+  batch_size: int = _field(64, "training batch size", _OPT)
+  drop_remainder: bool = _field(False, "drop the last partial training batch of each epoch", _OPT)
+  seed: int = _field(1, "seed of initialisation, dropout and shuffling", _OPT)
+  # Evaluation and running.
+  eval_batch_size: int = _field(0, "evaluation batch size (0 = auto: 500 on CPU, 10000 on "
+                                "GPU/TPU)", _RUN)
+  eval_train: bool = _field(True, "evaluate the full training set after each epoch (as S0)", _RUN)
+  log_every: int = _field(100, "log the training loss every N steps", _RUN)
   epoch_loop: str = _field("auto", "python (a jitted step per batch), scan (the dataset on the "
-                           "device, each epoch one lax.scan program), auto (scan on GPU/TPU)")
-  checkpoint: bool = _field(True, "checkpoint every epoch in the workdir (for --resume)")
+                           "device, each epoch one lax.scan program), auto (scan on GPU/TPU)",
+                           _RUN)
+  devices: int = _field(0, "data-parallel over this many local devices (0 = all of them)", _RUN)
+  checkpoint: bool = _field(True, "checkpoint every epoch in the workdir (for --resume)", _RUN)
 
   def replace(self, **changes) -> Config:
     return dataclasses.replace(self, **changes)
@@ -118,8 +128,8 @@ class Config:
     return self
 
   def eval_batch(self, backend: str) -> int:
-    """The evaluation batch size: the flag's, or the backend's default (CPU: 500 scored the 70k
-    images fastest, 2.1 s against 2.7 s at 1000 and 2500; accelerators: large batches)."""
+    """The evaluation batch size: the flag's, or the backend's default (CPU: a batch whose
+    activations stay in cache, README, Performance; accelerators: large batches)."""
     return self.eval_batch_size or (500 if backend == "cpu" else 10000)
 
   def to_dict(self) -> dict[str, Any]:
