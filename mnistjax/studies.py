@@ -1,4 +1,5 @@
-"""The studies of SPEC.md as named configs: the notebook's protocol, and the variants it compared.
+"""The studies of the notebooks (docs/studies.md) as named configs: each notebook's protocol and
+the variants it compared.
 
 `python experiments/run.py --study=NAME` runs every variant; a flag overrides
 the protocol for all of them, and a flag that sets the varied setting itself

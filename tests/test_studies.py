@@ -1,4 +1,4 @@
-"""Every study's defaults are its notebook's protocol (SPEC.md); flags override them."""
+"""Every study's defaults are its notebook's protocol (docs/studies.md); flags override them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from mnistjax import studies
 from mnistjax.errors import ConfigError
 
-# SPEC.md, study by study: the settings that make each protocol.
+# docs/studies.md, study by study: the settings that make each protocol.
 PROTOCOLS = {
     "s0": dict(model="lenet", dataset="mnist", optimizer="sgd", lr=0.01, momentum=0.5,
                batch_size=64, epochs=5, normalization="auto", eval_train=True),
