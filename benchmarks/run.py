@@ -38,6 +38,8 @@ import time
 
 from absl import app, flags
 
+from mnistjax import machine
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -98,7 +100,7 @@ def worker_peak() -> dict:
     matmul(a, a).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return {"gflops": 2 * n ** 3 / best / 1e9, "device": str(jax.devices()[0].device_kind),
-          "backend": jax.default_backend()}
+          "backend": jax.default_backend(), "machine": machine.describe()}
 
 
 def step_flops(model, tx, norm, state, batch, key) -> float:
@@ -243,9 +245,9 @@ def main(argv):
     sys.exit("benchmarks/run.py: error: PyTorch is not installed; run "
              "python -m pip install -e \".[bench]\"")
   peak, _ = child("--worker=peak")
-  print(f"{peak['device']} ({peak['backend']}), {os.cpu_count()} cores; fp32 matmul peak "
-        f"(jnp 4096^3): {peak['gflops']:.1f} GFLOP/s")
-  results = {"peak": peak, "models": {}}
+  print(f"{machine.line(peak['machine'])}; fp32 matmul peak (jnp 4096^3): "
+        f"{peak['gflops']:.1f} GFLOP/s (figures on another CPU differ)")
+  results = {"machine": peak["machine"], "peak": peak, "models": {}}
   header = (f"{'model':<9} {'impl':<12} {'batch':>5} {'img/s':>8} {'ratio':>6} {'compile/1st':>11} "
             f"{'epoch s':>8} {'test %':>7} {'RSS MB':>7} {'of peak':>7}")
   print(header)
