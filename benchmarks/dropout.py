@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnistjax import layers, models, optim, train
+from mnistjax import layers, models, optim
+from mnistjax import step as step_lib
 
 
 def bernoulli_mask(key, keep, shape):
@@ -23,9 +24,9 @@ def bernoulli_mask(key, keep, shape):
 
 
 def step_ms(model, tx, batch, steps=40) -> float:
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, norm=(0.1307, 0.3081)),
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, norm=(0.1307, 0.3081)),
                  donate_argnums=0)
-  state = train.create_state(model, tx, jax.random.key(0))
+  state = step_lib.create_state(model, tx, jax.random.key(0))
   state, _ = step(state, batch, jax.random.key(1))
   jax.block_until_ready(state)
   start = time.perf_counter()

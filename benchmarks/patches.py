@@ -21,7 +21,8 @@ import numpy as np
 from absl import app, flags
 
 from mnistjax import config as config_lib
-from mnistjax import layers, models, optim, train
+from mnistjax import layers, models, optim
+from mnistjax import step as step_lib
 
 flags.DEFINE_list("cases", ["lenet:64", "lenet:128", "cnn2:64", "cnn3:64"], "MODEL:BATCH")
 flags.DEFINE_integer("rounds", 3, "interleaved measurement rounds (median reported)")
@@ -53,11 +54,11 @@ def _largest_patches(model, batch_size: int) -> int:
 def _runner(model, tx, batch, whole_bytes: int):
   """A closure timing the compiled, warmed-up train step, traced with the given limit."""
   norm = (0.1307, 0.3081)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, norm=norm),
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, norm=norm),
                  donate_argnums=0)
   saved, layers.PATCH_WHOLE_BYTES = layers.PATCH_WHOLE_BYTES, whole_bytes
   try:  # the limit is read while tracing: compile now
-    box = {"state": step(train.create_state(model, tx, jax.random.key(0)), batch,
+    box = {"state": step(step_lib.create_state(model, tx, jax.random.key(0)), batch,
                          jax.random.key(1))[0]}
   finally:
     layers.PATCH_WHOLE_BYTES = saved

@@ -19,7 +19,8 @@ import numpy as np
 from absl import app, flags
 
 from mnistjax import config as config_lib
-from mnistjax import layers, models, optim, train
+from mnistjax import layers, models, optim
+from mnistjax import step as step_lib
 
 flags.DEFINE_string("model", "cnn3", "model to time (one with overlapping pooling)")
 flags.DEFINE_integer("batch_size", 64, "batch size")
@@ -44,11 +45,11 @@ def chain_max_pool(x, window, stride=None):
 
 
 def _runner(model, tx, batch, pool):
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, norm=(0.1307, 0.3081)),
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, norm=(0.1307, 0.3081)),
                  donate_argnums=0)
   saved, layers.max_pool = layers.max_pool, pool
   try:  # read while tracing: compile now
-    box = {"state": step(train.create_state(model, tx, jax.random.key(0)), batch,
+    box = {"state": step(step_lib.create_state(model, tx, jax.random.key(0)), batch,
                          jax.random.key(1))[0]}
   finally:
     layers.max_pool = saved

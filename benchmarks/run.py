@@ -27,6 +27,8 @@ The epoch, compile and memory figures come from the first round.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import pathlib
@@ -107,59 +109,63 @@ def step_flops(model, tx, norm, state, batch, key) -> float:
   """The FLOPs XLA counts in a train step, traced with whole-batch patches: its cost analysis
   counts a loop's body once, so the sliced convolutions (layers.patch_chunk) would be
   undercounted; the arithmetic is the same."""
-  from mnistjax import layers, train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from mnistjax import layers, step  # pylint: disable=g-import-not-at-top
   saved, layers.PATCH_WHOLE_BYTES = layers.PATCH_WHOLE_BYTES, 1 << 62
   try:
-    step, _ = train.make_steps(model, tx, norm)
-    return float((step.lower(state, batch, key).cost_analysis() or {}).get("flops", 0.0))
+    train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm))
+    return float((train_step.lower(state, batch, key).cost_analysis() or {}).get("flops", 0.0))
   finally:
     layers.PATCH_WHOLE_BYTES = saved
 
 
 def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
+  """What a run trains with: a plain run is one member, stepped on CPU in windows of
+  sweep.WINDOW_STEPS batches (sweep.window_step); seconds per step are per batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mnistjax import data, train  # pylint: disable=g-import-not-at-top
+  from mnistjax import data, driver, epochs, step, sweep  # pylint: disable=g-import-not-at-top
   config = protocol(model_name).replace(devices=1)
   dataset, norm = load(config)
-  _, model, tx, _ = train.setup(config, dataset)
-  train_fn, eval_fn = train.make_steps(model, tx, norm)
-  init_key, dropout_key, shuffle_key = train.run_keys(config.seed)
-  state = train.create_state(model, tx, init_key, config.l2)
+  plan = driver.setup(config, dataset)
+  members, keys = sweep.init(plan.model, plan.group, len(dataset.train))
   b = config.batch_size
-  batch = {"image": dataset.train.images[:b], "label": dataset.train.labels[:b].astype(np.int32)}
+  w = min(steps, sweep.WINDOW_STEPS)  # fewer only for a quick check (the tests)
+  batches = list(itertools.islice(data.train_batches(
+      dataset.train, b, step.run_keys(config.seed)[2], 1, masked=True), w))
+  window, _ = next(sweep.windows(batches, w))
+  program = sweep.make_window_step(plan.model, plan.tx, plan.norm)
 
   start = time.perf_counter()
-  train_fn.lower(state, batch, dropout_key).compile()
+  program = program.lower(members, window, keys).compile()
   compile_seconds = time.perf_counter() - start
-  flops = step_flops(model, tx, norm, state, batch, dropout_key)
-  for _ in range(3):
-    state, _ = train_fn(state, batch, dropout_key)
-  jax.block_until_ready(state)
+  flops = step_flops(plan.model, plan.tx, plan.norm, sweep.unstack(members.state, 0),
+                     batches[0], keys[0])
+  members, _ = program(members, window, keys)
+  jax.block_until_ready(members)
   times = []
+  calls = max(1, steps // w)
   for _ in range(3):
     start = time.perf_counter()
-    for _ in range(steps):
-      state, _ = train_fn(state, batch, dropout_key)
-    jax.block_until_ready(state)
-    times.append((time.perf_counter() - start) / steps)
+    for _ in range(calls):
+      members, _ = program(members, window, keys)
+    jax.block_until_ready(members)
+    times.append((time.perf_counter() - start) / (calls * w))
   result = {"compile_seconds": compile_seconds, "seconds_per_step": float(np.median(times)),
             "flops_per_step": flops, "batch_size": b}
 
-  if epoch:  # a fresh state, compile included, then the train and test sets evaluated
-    state = train.create_state(model, tx, init_key, config.l2)
-    train_fn, eval_fn = train.make_steps(model, tx, norm)
+  if epoch:  # a fresh run's epoch, compile included, then the train and test sets evaluated
+    members, keys = sweep.init(plan.model, plan.group, len(dataset.train))
     start = time.perf_counter()
-    for batch in data.train_batches(dataset.train, b, shuffle_key, 1, config.drop_remainder,
-                                    masked=True):  # as train.py: one compiled step
-      state, _ = train_fn(state, batch, dropout_key)
-    jax.block_until_ready(state)
-    train_eval = train.evaluate(eval_fn, state, dataset.train, config.eval_batch(jax.default_backend()))
-    test_eval = train.evaluate(eval_fn, state, dataset.test, config.eval_batch(jax.default_backend()))
+    runner = epochs.make_runner(plan, members, keys, step.run_keys(config.seed)[2])
+    for _ in runner.train(1):
+      pass
+    record, = epochs.Evaluator(plan).members(runner.members, 1, runner.examples_seen)
     result.update(epoch_seconds=time.perf_counter() - start,
-                  epoch_train_accuracy=train_eval["accuracy"],
-                  epoch_test_accuracy=test_eval["accuracy"])
+                  epoch_train_accuracy=record["train_accuracy"],
+                  epoch_test_accuracy=record["test_accuracy"])
   return {**result, "peak_rss_mb": peak_rss_mb()}
 
 

@@ -3,10 +3,12 @@
   python benchmarks/sweep.py [--model=lenet] [--dropout=0.25] [--batch_size=64]
 
 Prints model-images per second (K x batch / seconds per step) for K = 1, 4, 8 in both
-formulations of a sweep: lock-step (`sweep.sweep_step`: every member takes each step, vmapped
+formulations of a sweep: lock-step (`sweep.lock_step`: every member takes each step, vmapped
 on accelerators, a loop over members on CPU) and windowed (`sweep.window_step`: member after
-member over a window of sweep.WINDOW_STEPS batches, what a CPU sweep runs), each with its
-ratio against K single-model steps measured in the same process on the same batches. Steady
+member over a window of sweep.WINDOW_STEPS batches, what a run on CPU runs), each with its
+ratio against K single-model steps (`step.train_step` jitted alone, a batch per call: how a
+plain run trained before every run became a sweep of one member) measured in the same process
+on the same batches. K = 1 windowed is what a plain run now runs on CPU. Steady
 state: each program is compiled and warmed up before it is timed, and the programs are timed
 in interleaved rounds (the median of each is reported), so that a change in the machine's
 speed during the run does not favour one of them.
@@ -22,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from mnistjax import config as config_lib
-from mnistjax import models, optim, sweep, train
+from mnistjax import models, optim, step, sweep
 
 flags.DEFINE_string("model", "lenet", "model to time")
 flags.DEFINE_float("dropout", 0.25, "dropout rate of every member (0 = off)")
@@ -34,10 +36,10 @@ flags.DEFINE_integer("rounds", 3, "interleaved measurement rounds (median report
 FLAGS = flags.FLAGS
 
 
-def _runner(step, state, keys, units):
+def _runner(program, state, keys, units):
   """A closure that times a compiled, warmed-up program over `units` (its inputs, one call
   each: a batch, or a window of batches), returning seconds per batch."""
-  box = {"state": step(state, units[0], keys)[0]}  # compile
+  box = {"state": program(state, units[0], keys)[0]}  # compile
   per_unit = units[0]["label"].shape[0] if units[0]["label"].ndim == 2 else 1
 
   def run() -> float:
@@ -45,7 +47,7 @@ def _runner(step, state, keys, units):
     start = time.perf_counter()
     for _ in range(FLAGS.windows):
       for unit in units:
-        box["state"] = step(box["state"], unit, keys)[0]
+        box["state"] = program(box["state"], unit, keys)[0]
     jax.block_until_ready(box["state"])
     return (time.perf_counter() - start) / (FLAGS.windows * len(units) * per_unit)
   return run
@@ -62,17 +64,16 @@ def main(_):
               "label": rng.integers(0, 10, b).astype(np.int32), "mask": np.ones(b, bool)}
              for _ in range(w)]
   window, _ = next(sweep.windows(batches, w))
-  single = jax.jit(functools.partial(train.train_step, model=model, tx=tx, norm=norm),
+  single = jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm),
                    donate_argnums=0)
-  runners = {("single", 1): _runner(single, train.create_state(model, tx, jax.random.key(0)),
+  runners = {("single", 1): _runner(single, step.create_state(model, tx, jax.random.key(0)),
                                     jax.random.key(1), batches)}
   for k in FLAGS.members:
     group = sweep.members(cfg, {"seed": tuple(range(k))})
 
     def states(group=group):
-      return sweep.create_states(model, group, sweep_dropout=FLAGS.dropout > 0,
-                                 num_train=60000)
-    runners[("lock-step", k)] = _runner(sweep.make_sweep_step(model, tx, norm), *states(),
+      return sweep.init(model, group, num_train=60000)
+    runners[("lock-step", k)] = _runner(sweep.make_lock_step(model, tx, norm), *states(),
                                         batches)
     runners[("windowed", k)] = _runner(sweep.make_window_step(model, tx, norm), *states(),
                                        [window])

@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from mnistjax import cli, parallel, studies, sweep, train
+from mnistjax import cli, driver, parallel, runner, sweep
 
 flags.DEFINE_string("study", None, "a named study of the notebooks (see --list and "
                     "docs/studies.md)")
@@ -44,11 +44,10 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed()  # a multi-host job: JAX_COORDINATOR_ADDRESS, SLURM, MPI
     axes = sweep.parse(FLAGS.sweep)
     if FLAGS.study:
-      studies.run(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume, sweep=axes)
+      runner.run_study(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume,
+                       sweep=axes)
     else:
-      config = cli.config_from_flags()
-      train.train_and_evaluate(config, workdir=FLAGS.workdir, resume=FLAGS.resume,
-                               sweep=axes or None)
+      driver.train(cli.config_from_flags(), axes or None, FLAGS.workdir, resume=FLAGS.resume)
 
 
 if __name__ == "__main__":

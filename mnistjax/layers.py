@@ -76,10 +76,9 @@ def conv_impl(train: bool) -> str:
 
 # A patch convolution's working set (its patches and its output): up to PATCH_WHOLE_BYTES one
 # piece, above it slices of the batch of at most PATCH_CHUNK_BYTES each. A step whose tensors
-# leave the CPU's cache slows down several-fold: on the 2-core EPYC of benchmarks/patches.py
-# (32 MB L3, 1 MB L2 a core) LeNet at batch 128 (conv1 13 MB, conv2 17 MB) ran at 2x the
-# per-image cost of batch 64, and 4 MB slices made CNN3's step (80-160 MB a layer) 1.7-2x
-# faster. Slicing LeNet at 64 (conv2 8.6 MB) only added cost.
+# leave the CPU's cache slows down several-fold, so large patch tensors are built a cache-sized
+# slice at a time; slicing a convolution that fits only adds work (benchmarks/patches.py and
+# README, Performance, for the measurements).
 PATCH_WHOLE_BYTES = 10 << 20
 PATCH_CHUNK_BYTES = 4 << 20
 
@@ -111,8 +110,8 @@ def _patch_matmul(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array) -> jax.Array:
   kh, kw, _, co = kernel_KxKxIxO.shape
   patches = _patches(x_BxHxWxI, kh, kw)
   b, h, w, f = patches.shape
-  # A 2-D matmul: its kernel gradient is then one plain GEMM (patches^T @ dy); contracting the
-  # 4-D form over (b, h, w) ran at half the speed on XLA:CPU (LeNet step -6%, CNN3 -9%).
+  # A 2-D matmul: its kernel gradient is then one plain GEMM (patches^T @ dy), where XLA:CPU
+  # runs the 4-D form's contraction over (b, h, w) as a slower general dot.
   return (patches.reshape(b * h * w, f) @ kernel_KxKxIxO.reshape(f, co)).reshape(b, h, w, co)
 
 
@@ -236,9 +235,9 @@ def keep_mask(key: jax.Array, keep: jax.Array, shape: tuple[int, ...]) -> tuple[
 
   The keep probability is rounded to a multiple of 2^-16 (the scale uses the rounded
   value, so E[mask * scale] = 1 exactly; 0.25, 0.5, 0.75, 0 and 1 are exact). Each unit
-  draws 16 bits, two per threefry word, generated flat: on XLA:CPU this halves a LeNet
-  step with dropout against `jax.random.bernoulli(key, keep, shape)`
-  (benchmarks/dropout.py).
+  draws 16 bits, two per threefry word, generated flat: half the random bits of
+  `jax.random.bernoulli(key, keep, shape)`, whose generation dominates a small step with
+  dropout on XLA:CPU (benchmarks/dropout.py measures the two side by side).
   """
   threshold = jnp.round(jnp.asarray(keep, jnp.float32) * 65536.0)
   n = math.prod(shape)

@@ -176,11 +176,11 @@ def build(name: str, **settings) -> nn.Module:
 def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
   """Initial variables ({"params": ..., and "batch_stats" where the model has BatchNorm}).
 
-  One compiled program: run op by op, a LeNet's initialisation compiles ~40 small programs
-  (each parameter shape's random draw its own); a run's first state then took 3.4-4.6 s on
-  the 2-core CPU, against 2.3-2.7 s compiled. Values equal flax's op-by-op `model.init`:
-  bit for bit for uniform initialisers, to float32 rounding for normal ones. A model that
-  cannot be hashed (a setting given as a list) is initialised op by op.
+  One compiled program: run op by op, flax's init compiles a small program for each
+  parameter shape's random draw, which dominates a small run's start (README, Performance).
+  Values equal flax's op-by-op `model.init`: bit for bit for uniform initialisers, to
+  float32 rounding for normal ones. A model that cannot be hashed (a setting given as a
+  list) is initialised op by op.
   """
   try:
     hash(model)

@@ -1,15 +1,19 @@
-"""The figures a run leaves in its workdir, as PNG (matplotlib, no display needed).
+"""The figures of a run: each function returns its matplotlib Figure (a notebook shows it
+inline) and, given a path, also saves it as PNG (no display needed).
 
 matplotlib is imported on the first figure, not with this module: a run without a workdir
-draws nothing and starts ~0.4 s sooner. Figures are matplotlib's object API, not pyplot, so
+draws nothing and starts sooner. Figures are matplotlib's object API, not pyplot, so
 drawing them changes no backend or pyplot state in the caller's notebook.
 """
 
 from __future__ import annotations
 
+import io
 import pathlib
 
 import numpy as np
+
+from mnistjax.workdir import write_bytes
 
 
 def _subplots(*args, **kwargs):
@@ -19,12 +23,18 @@ def _subplots(*args, **kwargs):
   return fig, fig.subplots(*args, **kwargs)
 
 
-def _save(fig, path: pathlib.Path) -> None:
+def _finish(fig, path: pathlib.Path | str | None):
+  """The figure laid out, and written to path (atomically: the old file or the new one, never
+  half of one) where one is given."""
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  if path is not None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_bytes(pathlib.Path(path), buffer.getvalue())
+  return fig
 
 
-def loss_curves(train_log: list[dict], epochs: list[dict], path: pathlib.Path) -> None:
+def loss_curves(train_log: list[dict], epochs: list[dict], path=None):
   """Training loss per log interval and test (and train-set) loss per epoch, against examples
   seen, as the S1 notebook drew them."""
   fig, ax = _subplots(figsize=(7, 4))
@@ -40,10 +50,10 @@ def loss_curves(train_log: list[dict], epochs: list[dict], path: pathlib.Path) -
   ax.set_ylabel("negative log-likelihood")
   ax.set_yscale("log")
   ax.legend()
-  _save(fig, path)
+  return _finish(fig, path)
 
 
-def error_curves(epochs: list[dict], path: pathlib.Path) -> None:
+def error_curves(epochs: list[dict], path=None):
   """Train and test error % per epoch."""
   fig, ax = _subplots(figsize=(6, 4))
   x = [r["epoch"] for r in epochs]
@@ -54,15 +64,15 @@ def error_curves(epochs: list[dict], path: pathlib.Path) -> None:
   ax.set_ylabel("error %")
   ax.set_xticks(x)
   ax.legend()
-  _save(fig, path)
+  return _finish(fig, path)
 
 
 def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                    class_names, path: pathlib.Path, n: int = 36) -> None:
+                    class_names, path=None, n: int = 36):
   """Test images with predicted labels; mistakes in red with the true label."""
   n = min(n, len(images))
   cols = 6
-  rows = -(-n // cols)
+  rows = max(1, -(-n // cols))
   fig, axes = _subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8))
   for ax, image, label, pred in zip(np.ravel(axes), images[:n], labels[:n], predictions[:n]):
     ax.imshow(image, cmap="gray")
@@ -71,10 +81,10 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndar
     ax.set_title(title, color="red" if wrong else "black", fontsize=8)
   for ax in np.ravel(axes):
     ax.set_axis_off()
-  _save(fig, path)
+  return _finish(fig, path)
 
 
-def confusion(counts: np.ndarray, class_names, path: pathlib.Path) -> None:
+def confusion(counts: np.ndarray, class_names, path=None):
   """The confusion matrix, counts written in the cells."""
   fig, ax = _subplots(figsize=(7, 6))
   im = ax.imshow(counts, cmap="Blues")
@@ -87,12 +97,12 @@ def confusion(counts: np.ndarray, class_names, path: pathlib.Path) -> None:
     ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
             color="white" if c > threshold else "black")
   fig.colorbar(im, ax=ax)
-  _save(fig, path)
+  return _finish(fig, path)
 
 
-def sweep(records: list[dict], axes: dict[str, tuple], folder: pathlib.Path) -> None:
-  """sweep_accuracy.png: final test accuracy against the first non-seed swept value (error
-  bars over seeds); sweep_curves.png: every member's test accuracy per epoch."""
+def sweep_accuracy(records: list[dict], axes: dict[str, tuple], path=None):
+  """Final test accuracy against the first non-seed swept value (error bars over seeds), a
+  line per setting of the other swept values."""
   last = max(r["epoch"] for r in records)
   finals = [r for r in records if r["epoch"] == last]
   x_axis = next((k for k in axes if k != "seed"), "seed")
@@ -111,7 +121,11 @@ def sweep(records: list[dict], axes: dict[str, tuple], folder: pathlib.Path) -> 
   ax.set_ylabel(f"test accuracy % after epoch {last}")
   if others:
     ax.legend(fontsize=7)
-  _save(fig, folder / "sweep_accuracy.png")
+  return _finish(fig, path)
+
+
+def sweep_curves(records: list[dict], path=None):
+  """Every member's test accuracy per epoch."""
   fig, ax = _subplots(figsize=(7, 4))
   for member in dict.fromkeys(r["member"] for r in records):
     rows = [r for r in records if r["member"] == member]
@@ -120,4 +134,4 @@ def sweep(records: list[dict], axes: dict[str, tuple], folder: pathlib.Path) -> 
   ax.set_xlabel("epoch")
   ax.set_ylabel("test accuracy %")
   ax.legend(fontsize=6, ncol=2)
-  _save(fig, folder / "sweep_curves.png")
+  return _finish(fig, path)

@@ -1,125 +1,32 @@
-"""What a run writes: printed lines, a progress bar, and the files of its workdir.
-
-Nothing already written is lost if the run dies: JSON and text files are
-written atomically (temp file, then rename), the .jsonl logs by appending one
-flushed line per record.
-"""
+"""What a run reports: printed lines, a progress bar, the interval and divergence logs, and
+the result files of its workdir."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import pathlib
-import shutil
+import io
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import jax
+import numpy as np
 import tqdm
+import tqdm.auto
 
-from mnistjax.config import Config
+from mnistjax import data, metrics, plots, sweep
+from mnistjax.epochs import Interval
+from mnistjax.errors import NonFiniteLoss
+from mnistjax.workdir import Workdir
 
-# Files a fresh run replaces; checkpoints/ is managed by orbax.
-_RESULTS = ("metrics.jsonl", "train_log.jsonl", "log.txt", "summary.json",
-            "classification_report.txt", "confusion_matrix.csv", "loss.png", "error.png",
-            "predictions.png", "confusion_matrix.png")
-
-
-def write_text(path: pathlib.Path, text: str) -> None:
-  """Writes atomically: readers see the old file or the new one, never half of one."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    pathlib.Path(tmp).unlink(missing_ok=True)
+def _in_notebook() -> bool:
+  """Whether this runs in a Jupyter (or Colab) kernel, whose output stream is no terminal."""
+  return "ipykernel" in sys.modules
 
 
-def write_json(path: pathlib.Path, obj: Any) -> None:
-  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class Workdir:
-  """The files of one run. In a multi-host run only process 0 prints and writes them (the
-  others only take part in the checkpoints, which orbax writes together)."""
-
-  def __init__(self, path: str | os.PathLike, echo: Callable[[str], None] = print):
-    self.path = pathlib.Path(path).expanduser().absolute()
-    self.primary = jax.process_index() == 0
-    self.path.mkdir(parents=True, exist_ok=True)
-    self._echo = echo
-
-  def log(self, line: str) -> None:
-    """Prints a line and appends it to log.txt."""
-    if not self.primary:
-      return
-    self._echo(line)
-    with open(self.path / "log.txt", "a") as f:
-      f.write(line + "\n")
-
-  def reset(self) -> None:
-    """Removes the results of an earlier run in this folder (a fresh run starts over)."""
-    if not self.primary:
-      return
-    for name in _RESULTS:
-      (self.path / name).unlink(missing_ok=True)
-    checkpoints = self.path / "checkpoints"
-    if checkpoints.exists():
-      shutil.rmtree(checkpoints)
-
-  def truncate_after(self, epoch: int, step: int) -> None:
-    """Drops records past a checkpoint (written after it by a run that then died)."""
-    if not self.primary:
-      return
-    for name, key, last in (("metrics.jsonl", "epoch", epoch), ("train_log.jsonl", "step", step)):
-      kept = [r for r in self.read(name) if r[key] <= last]
-      write_text(self.path / name, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-
-  def append(self, name: str, record: dict[str, Any]) -> None:
-    if not self.primary:
-      return
-    with open(self.path / name, "a") as f:
-      f.write(json.dumps(record, sort_keys=True) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-
-  def read(self, name: str) -> list[dict[str, Any]]:
-    return read_jsonl(self.path / name)
-
-  def write_json(self, name: str, obj: Any) -> None:
-    if self.primary:
-      write_json(self.path / name, obj)
-
-  def write_text(self, name: str, text: str) -> None:
-    if self.primary:
-      write_text(self.path / name, text)
-
-  def write_config(self, config: Config, model, **extra) -> None:
-    """config.json: every setting, the model's resolved fields, and facts about the run."""
-    model_fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-                    if f.name not in ("parent", "name")}
-    self.write_json("config.json", {
-        "config": config.to_dict(), "model": model_fields, **extra,
-        "jax_version": jax.__version__, "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()], "argv": sys.argv})
-
-
-def progress(total: int, desc: str) -> tqdm.tqdm:
-  """A progress bar on a terminal; nothing when output is redirected."""
-  return tqdm.tqdm(total=total, desc=desc, leave=False, disable=None, dynamic_ncols=True,
-                   unit="step")
+def progress(total: int, desc: str) -> tqdm.std.tqdm:
+  """A progress bar on a terminal or in a notebook (tqdm.auto: a widget where ipywidgets is
+  installed, else text); nothing when output goes to a file (disable=None: only on a TTY)."""
+  return tqdm.auto.tqdm(total=total, desc=desc, leave=False, unit="step",
+                        disable=False if _in_notebook() else None, dynamic_ncols=True)
 
 
 def epoch_line(record: dict[str, Any]) -> str:
@@ -131,3 +38,89 @@ def epoch_line(record: dict[str, Any]) -> str:
   if "seconds" in record:
     parts.append(f"{record['seconds']:.1f}s")
   return " | ".join(parts)
+
+
+class Reporter:
+  """The printed lines and the workdir records of a run of K >= 1 members. A plain run (one
+  member, nothing swept) prints and writes its records untagged; a sweep tags each with its
+  member's name and settings."""
+
+  def __init__(self, group: list[sweep.Member], out: Workdir | None,
+               log: Callable[[str], None] = print):
+    self.group, self.out = group, out
+    self.log = out.log if out else log
+    self.plain = len(group) == 1 and not group[0].settings
+    self.frozen: dict[int, int] = {}  # member -> the step at which it stopped
+    self.train_log: list[dict[str, Any]] = []  # the interval rows (train_log.jsonl)
+
+  def tag(self, k: int, record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the history keeps it: a sweep's tagged with its member."""
+    if self.plain:
+      return dict(record)
+    member = self.group[k]
+    return {"member": member.name, **member.settings, **record}
+
+  def epoch(self, records: list[dict[str, Any]], suffix: str = "") -> list[dict[str, Any]]:
+    """Prints and appends (metrics.jsonl) one epoch's records; returns them tagged."""
+    rows = []
+    for k, record in enumerate(records):
+      row = self.tag(k, {key: v for key, v in record.items() if key != "predictions"})
+      prefix = "" if self.plain else f"[{row['member']}] "
+      self.log(prefix + epoch_line(row) + suffix)
+      if self.out:
+        self.out.append("metrics.jsonl", row)
+      rows.append(row)
+    return rows
+
+  def interval(self, interval: Interval, bar) -> None:
+    """One log interval: divergence reports, the bar's loss, a train_log.jsonl row."""
+    losses, alive, rows = interval.losses, interval.alive, interval.rows
+    for k in np.flatnonzero(~alive.all(axis=0)):
+      if k in self.frozen:
+        continue
+      j = int(np.argmin(alive[:, k]))  # the member's first step not taken
+      self.frozen[k] = rows[j]["step"]
+      what = (f"the training loss became {losses[j, k]}" if not np.isfinite(losses[j, k])
+              else "the parameters became NaN or infinite")
+      where = f"at step {rows[j]['step']} (epoch {rows[j]['epoch']})"
+      if self.plain:
+        raise NonFiniteLoss(f"{what} {where}; lower --lr or check the data")
+      self.log(f"member {self.group[k].name}: {what} {where}; frozen, the other members go on")
+    if len(self.frozen) == len(self.group):
+      raise NonFiniteLoss(f"every member of the sweep diverged by step "
+                          f"{max(self.frozen.values())} (epoch {rows[-1]['epoch']}); lower --lr")
+    count = alive.sum(axis=0)
+    mean = np.where(count > 0, np.where(alive, losses, 0.0).sum(axis=0) / np.maximum(count, 1),
+                    np.nan)  # per member, over the steps it took
+    bar.set_postfix(loss=f"{np.nanmean(mean):.4f}")
+    row = {**rows[-1], "interval": len(rows),
+           "loss": float(mean[0]) if self.plain else mean.tolist()}
+    self.train_log.append(row)
+    if self.out:
+      self.out.append("train_log.jsonl", row)
+
+
+def write_results(out: Workdir, dataset: data.Dataset, summary: dict[str, Any],
+                  history: list[dict[str, Any]], predictions: np.ndarray,
+                  axes: dict[str, tuple] | None) -> None:
+  """summary.json and predictions.npy; a plain run's classification report, confusion matrix
+  and figures, a sweep's figures."""
+  buffer = io.BytesIO()
+  np.save(buffer, predictions)
+  out.write_bytes("predictions.npy", buffer.getvalue())
+  out.write_json("summary.json", summary)
+  if axes:
+    plots.sweep_accuracy(history, axes, out.path / "sweep_accuracy.png")
+    plots.sweep_curves(history, out.path / "sweep_curves.png")
+    return
+  names = dataset.class_names
+  confusion = metrics.confusion_matrix(dataset.test.labels, predictions[0])
+  out.write_text("classification_report.txt",
+                 metrics.format_report(summary["members"][0]["classification_report"]))
+  out.write_text("confusion_matrix.csv", "true\\predicted," + ",".join(names) + "\n" + "\n".join(
+      f"{name}," + ",".join(map(str, row)) for name, row in zip(names, confusion)) + "\n")
+  plots.loss_curves(out.read("train_log.jsonl"), history, out.path / "loss.png")
+  plots.error_curves(history, out.path / "error.png")
+  plots.prediction_grid(dataset.test.images, dataset.test.labels, predictions[0], names,
+                        out.path / "predictions.png")
+  plots.confusion(confusion, names, out.path / "confusion_matrix.png")

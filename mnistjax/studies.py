@@ -1,6 +1,7 @@
 """The studies of the notebooks (docs/studies.md) as named configs: each notebook's protocol and
 the variants it compared.
 
+This module is data: the studies and their variants. `mnistjax.runner` runs them:
 `python experiments/run.py --study=NAME` runs every variant; a flag overrides
 the protocol for all of them, and a flag that sets the varied setting itself
 leaves one variant (`--study=s4_activation --activation=relu`).
@@ -14,6 +15,7 @@ from typing import Any
 
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError
+from mnistjax.sweep import SWEEPABLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +52,8 @@ _S4 = Config(model="mlp_deep", normalization="none", lr=0.01, momentum=0.0, epoc
 
 # Speedrun (not a notebook): S1's small CNN (conv 16@5, conv 32@3, dense 128: a third of
 # LeNet's FLOPs) with BatchNorm, Nesterov momentum and a learning rate that warms up and
-# decays to zero; one epoch, only the test set evaluated. On a 2-core CPU: 99.08 +- 0.02 over
-# seeds 0-4 in 31.9-32.4 s, where LeNet (batch 128, lr 0.15) took 48.8-53.3 s for 99.09 +- 0.10
-# (interleaved runs; README, Performance). Without BatchNorm the CNN reached 98.76; with it,
-# lr 0.05 / 0.2 gave 98.95 / 99.00 and batch 128 / 256 were slower or missed.
+# decays to zero; one epoch, only the test set evaluated. The alternatives tried (LeNet,
+# no BatchNorm, other learning rates and batch sizes) and their times: README, Performance.
 _SPEEDRUN = Config(model="cnn", batchnorm=True, batch_size=64, lr=0.1, momentum=0.9,
                    nesterov=True, schedule="linear", warmup_epochs=0.2, epochs=1,
                    eval_train=False, log_every=200)
@@ -146,8 +146,6 @@ def expand(name: str, overrides: dict[str, Any] | None = None) -> list[tuple[str
 def as_sweep(name: str, overrides: dict[str, Any] | None = None) -> dict[str, tuple] | None:
   """The study's variants as sweep axes, when they differ only in sweepable values that form a
   grid and no flag sets them; else None (the variants run one after the other)."""
-  from mnistjax.sweep import SWEEPABLE  # pylint: disable=g-import-not-at-top
-
   variants = lookup(name).variants
   keys = list(dict.fromkeys(k for v in variants for k in v))
   if (len(variants) < 2 or not keys or not set(keys) <= set(SWEEPABLE)
@@ -156,77 +154,3 @@ def as_sweep(name: str, overrides: dict[str, Any] | None = None) -> dict[str, tu
   axes = {k: tuple(dict.fromkeys(v[k] for v in variants)) for k in keys}
   grid = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
   return axes if grid == list(variants) else None
-
-
-def run(name: str, overrides: dict[str, Any] | None = None, workdir: str | None = None,
-        resume: bool = False, log=print, sweep: dict[str, tuple] | None = None
-        ) -> list[dict[str, Any]]:
-  """Runs a study: as one sweep where its variants allow it, else variant after variant (each
-  in workdir/<variant>/). `sweep` adds axes (e.g. seeds) to every run.
-
-  Returns one row per run or member: its name and final numbers.
-  """
-  from mnistjax import data, reporting, train  # pylint: disable=g-import-not-at-top
-
-  study, overrides = lookup(name), overrides or {}
-  axes = as_sweep(name, overrides)
-  if axes is not None:
-    runs = [("sweep", study.config.replace(**overrides).validate())]
-    axes = {**axes, **(sweep or {})}
-  else:
-    runs, axes = expand(name, overrides), sweep or None
-  log(f"study {name}: {study.description}; "
-      + (f"one sweep over {', '.join(axes)}" if axes else f"{len(runs)} run(s)"))
-  first = runs[0][1]
-  dataset = data.load(first.dataset, first.data_dir, first.data_source)
-  rows = []
-  for variant, config in runs:
-    log(f"--- {name} / {variant}")
-    sub = None if workdir is None else (workdir if len(runs) == 1 else f"{workdir}/{variant}")
-    result = train.train_and_evaluate(config, workdir=sub, dataset=dataset, resume=resume,
-                                      log=log, sweep=axes)
-    for member in result.get("members") or [{**result["final"], "member": variant}]:
-      rows.append({"variant": member["member"], "test_accuracy": member["test_accuracy"],
-                   "test_loss": member["test_loss"],
-                   "train_accuracy": member.get("train_accuracy"),
-                   "wall_seconds": result["wall_seconds"],
-                   "compile_seconds": result["compile_seconds"], "run": variant})
-  log(format_table(name, rows))
-  outcome = target_outcome(study, rows) if study.target is not None else None
-  if outcome:
-    log(outcome["line"])
-  if workdir is not None:
-    reporting.write_json(reporting.Workdir(workdir, log).path / "study.json",
-                         {"study": name, "description": study.description,
-                          "notebook": study.notebook, "runs": rows, "target": outcome})
-  return rows
-
-
-def target_outcome(study: Study, rows: list[dict[str, Any]]) -> dict[str, Any]:
-  """Whether the mean final test accuracy reached the study's target, and in what time (the
-  runs' wall time, with and without compiling)."""
-  accuracies = [r["test_accuracy"] for r in rows]
-  mean = sum(accuracies) / len(accuracies)
-  std = (sum((a - mean) ** 2 for a in accuracies) / max(len(accuracies) - 1, 1)) ** 0.5
-  runs = {r["run"]: r for r in rows}.values()  # a sweep's members share one run
-  wall = sum(r["wall_seconds"] for r in runs)
-  compile_seconds = sum(r["compile_seconds"] for r in runs)
-  reached = mean >= study.target
-  line = (f"target {study.target:.2f}% mean test accuracy: {'reached' if reached else 'MISSED'}"
-          f" ({mean:.2f} +- {std:.2f} over {len(rows)} runs) in {wall:.1f} s including "
-          f"compile, {wall - compile_seconds:.1f} s without")
-  return {"reached": reached, "mean": mean, "std": std, "wall_seconds": wall,
-          "compile_seconds": compile_seconds, "line": line}
-
-
-def format_table(name: str, rows: list[dict[str, Any]]) -> str:
-  """The study's results beside what the notebook reported."""
-  width = max(len(r["variant"]) for r in rows)
-  lines = [f"{name}: {'variant':<{width}}  test acc  train acc  wall s"]
-  for r in rows:
-    train_acc = f"{r['train_accuracy']:9.2f}" if r["train_accuracy"] is not None else f"{'':>9}"
-    lines.append(f"{'':>{len(name) + 2}}{r['variant']:<{width}}  {r['test_accuracy']:8.2f}"
-                 f"  {train_acc}  {r['wall_seconds']:6.1f}")
-  if STUDIES[name].notebook:
-    lines.append(f"notebook: {STUDIES[name].notebook}")
-  return "\n".join(lines)

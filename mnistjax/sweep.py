@@ -1,15 +1,16 @@
-"""Sweeps: K variants of one config trained together, in one compiled program.
+"""Members: the K >= 1 variants of a config that a run trains together, in one program.
 
-Members are stacked along a leading axis of the train state and run through the
-ordinary `train_step`; every member sees the same data batches. On accelerators
-`sweep_step` vmaps the step: all members take each step together. On CPU
-`window_step` takes WINDOW_STEPS batches at a time and trains the members one
-after another over them (see `windowed`). What a member may vary lives in its
-state as arrays: the learning rate, momentum and weight decay in the optimiser's
-injected hyperparameters, the L2 coefficient and the dropout rate in
-`state.hparams`, the seed in its init and dropout keys. A member whose loss turns
-NaN or infinite is frozen (its state stops changing) and reported; the others go
-on.
+Every run is a sweep: a plain run is K = 1 member with no swept setting. Members are
+stacked along a leading axis of the train state and run through the ordinary
+`step.train_step`; every member sees the same data batches. On accelerators
+`lock_step` vmaps the step: all members take each step together. On CPU
+`window_step` takes WINDOW_STEPS batches at a time and trains the members one after
+another over them (see `windowed`). What a member may vary lives in its state as
+arrays: the learning rate, momentum and weight decay in the optimiser's injected
+hyperparameters, the L2 coefficient and the dropout rate as state fields, the seed
+in its init and dropout keys. A member whose loss or parameters stop being finite
+is frozen (its state stops changing at its last finite step) and reported; the
+others go on.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import functools
 import itertools
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnistjax import parallel
+from mnistjax import parallel, step
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError
 
@@ -34,9 +36,20 @@ SWEEPABLE = {"dropout": float, "lr": float, "weight_decay": float, "momentum": f
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-  name: str  # "dropout=0.25,seed=0"
+  name: str  # "dropout=0.25,seed=0"; "" for a plain run's one member
   settings: dict[str, Any]  # the swept values
   config: Config
+
+
+@flax.struct.dataclass
+class Members:
+  """The stacked states of a run's members and which of them are still training."""
+  state: step.TrainState  # every leaf with a leading member axis
+  alive: jax.Array  # (K,) bool: False once the member's loss or parameters were not finite
+
+  @property
+  def size(self) -> int:
+    return self.alive.shape[0]
 
 
 def parse(specs: list[str]) -> dict[str, tuple]:
@@ -60,8 +73,11 @@ def parse(specs: list[str]) -> dict[str, tuple]:
   return axes
 
 
-def members(config: Config, axes: dict[str, tuple]) -> list[Member]:
-  """The product of the axes, each member's config validated."""
+def members(config: Config, axes: dict[str, tuple] | None = None) -> list[Member]:
+  """The product of the axes, each member's config validated; without axes, the config's
+  one member."""
+  if not axes:
+    return [Member("", {}, config.validate())]
   out = []
   for values in itertools.product(*axes.values()):
     settings = dict(zip(axes, values))
@@ -79,101 +95,112 @@ def unstack(tree: Any, k: int) -> Any:
   return jax.tree.map(lambda a: a[k], tree)
 
 
-def create_states(model, group: list[Member], sweep_dropout: bool, num_train: int):
-  """Stacked initial states (each member from its own seed and hyperparameters), and the
-  members' dropout keys. num_train: training examples per epoch (the schedule's length)."""
-  from mnistjax import train  # pylint: disable=g-import-not-at-top
-
+def init(model, group: list[Member], num_train: int) -> tuple[Members, jax.Array]:
+  """The members' initial states, stacked (each from its own seed and hyperparameters), and
+  their dropout keys. num_train: training examples per epoch (the schedule's length)."""
+  sweeps_dropout = any("dropout" in m.settings for m in group)
   states, keys = [], []
   for member in group:
     cfg = member.config
-    init_key, dropout_key, _ = train.run_keys(cfg.seed)
+    init_key, dropout_key, _ = step.run_keys(cfg.seed)
     # The member's own optimiser holds its hyperparameters in the state it initialises; the
     # shared `tx` then updates every member with the values found there.
-    member_tx = train.make_optimizer(cfg, num_train)
-    state = train.create_state(model, member_tx, init_key, cfg.l2)
-    hparams = {**state.hparams, "alive": jnp.asarray(True)}
-    if sweep_dropout:
-      hparams["dropout"] = jnp.asarray(cfg.dropout or 0.0, jnp.result_type(float))
-    states.append(state.replace(hparams=hparams))
+    tx = step.make_optimizer(cfg, num_train)
+    states.append(step.create_state(model, tx, init_key, cfg.l2,
+                                    (cfg.dropout or 0.0) if sweeps_dropout else None))
     keys.append(dropout_key)
-  return stack(states), jnp.stack(keys)
+  return Members(stack(states), jnp.ones(len(group), bool)), jnp.stack(keys)
 
 
-# Batches per window of the CPU sweep (see `windowed`): benchmarks/sweep.py measured 8-60
-# alike; fewer spend more of the window on moving member states, more pad the epoch's last
-# window with more skipped steps.
+# Batches per window of the CPU sweep (see `windowed`): fewer spend more of the window on
+# moving member states, more pad the epoch's last window with more skipped steps
+# (benchmarks/sweep.py --window=N measures the trade).
 WINDOW_STEPS = 16
 
 
 def member_loop() -> bool:
   """Whether members run one after another inside the program (lax.map) rather than vmapped.
 
-  On XLA:CPU a step's speed depends on its working set staying in cache: vmapped members
-  multiply it by K (LeNet, K=4, dropout 0.25: 0.56x of sequential runs against 0.79x for a
-  loop over members, benchmarks/sweep.py); on GPU/TPU vmap gives the accelerator the wide
-  work it needs.
+  On XLA:CPU a step's speed depends on its working set staying in cache, and vmapped
+  members multiply it by K (benchmarks/sweep.py); on GPU/TPU vmap gives the accelerator
+  the wide work it needs.
   """
   return jax.default_backend() == "cpu"
 
 
 def windowed(dp=None) -> bool:
-  """Whether a sweep trains in windows of WINDOW_STEPS batches, member after member
-  (`window_step`), rather than all members step by step (`sweep_step`).
+  """Whether the members train in windows of WINDOW_STEPS batches, member after member
+  (`window_step`), rather than all members step by step (`lock_step`).
 
   On CPU, a step that cycles through K members' parameters and optimiser states touches K
-  times the memory of a single run's step, which keeps its state in cache from one step to
-  the next: a lock-step sweep ran at 0.40-0.95x of K sequential runs (mlp_deep K=8 .. LeNet
-  b128 K=5), windows at 0.96-1.19x (benchmarks/sweep.py; README, Sweeps). Members are
-  independent, so the order changes nothing but speed. Data-parallel sweeps (dp) keep the
-  lock-step program.
+  times the memory of a single member's step, which keeps its state in cache from one step
+  to the next (README, Sweeps). Members are independent, so the order changes nothing but
+  speed. A window of one member also spends one dispatch on WINDOW_STEPS batches.
+  Data-parallel runs (dp) keep the lock-step program.
   """
   return member_loop() and (dp is None or dp.size == 1)
 
 
-def _member_step(state, batch, key, *, model, tx, norm):
-  """train_step for one member. A member whose loss is not finite keeps its state and is
-  marked dead (alive False); a batch with no example (a window's padding) changes nothing."""
-  from mnistjax import train  # pylint: disable=g-import-not-at-top
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
-  new, metrics = train.train_step(state, batch, key, model=model, tx=tx, norm=norm)
+
+def member_step(state: step.TrainState, alive: jax.Array, batch, key, *, model, tx, norm):
+  """train_step for one member: (state, alive, metrics, "alive" among them). A step whose
+  loss, parameters or BatchNorm statistics are not finite is not taken and the member is
+  frozen (alive False), so a frozen member keeps its last finite state; a batch with no
+  example (a window's padding) changes nothing."""
+  new, metrics = step.train_step(state, batch, key, model=model, tx=tx, norm=norm)
   active = jnp.any(batch["mask"]) if "mask" in batch else jnp.asarray(True)
-  finite = jnp.isfinite(metrics["loss"])
-  alive = state.hparams["alive"] & (finite | ~active)
+  finite = (jnp.isfinite(metrics["loss"]) & _all_finite(new.params)
+            & _all_finite(new.batch_stats))
+  alive = alive & (finite | ~active)
   new = jax.tree.map(lambda n, o: jnp.where(alive & active, n, o), new, state)
-  return new.replace(hparams={**new.hparams, "alive": alive}), metrics
+  return new, alive, {**metrics, "alive": alive}
 
 
-def sweep_step(state, batch, keys, *, model, tx, norm):
-  """One step of every member at once (vmapped; on CPU a loop over members): the stacked
-  state and metrics with a leading member axis."""
-  step = functools.partial(_member_step, model=model, tx=tx, norm=norm)
+def lock_step(members: Members, batch, keys, *, model, tx, norm) -> tuple[Members, dict]:
+  """One step of every member (vmapped; on CPU a loop over members): metrics with a leading
+  member axis."""
+  one = functools.partial(member_step, model=model, tx=tx, norm=norm)
+  args = (members.state, members.alive, keys)
   if member_loop():
-    return jax.lax.map(lambda sk: step(sk[0], batch, sk[1]), (state, keys))
-  return jax.vmap(step, in_axes=(0, None, 0))(state, batch, keys)
+    state, alive, metrics = jax.lax.map(lambda a: one(a[0], a[1], batch, a[2]), args)
+  else:
+    state, alive, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(
+        members.state, members.alive, batch, keys)
+  return Members(state, alive), metrics
 
 
-def window_step(state, batches, keys, *, model, tx, norm):
-  """Every member over a window of batches (each leaf W x ...), member after member: the
-  stacked state, and metrics K x W. Each member's steps are those sweep_step would take."""
-  step = functools.partial(_member_step, model=model, tx=tx, norm=norm)
+def window_step(members: Members, batches, keys, *, model, tx, norm) -> tuple[Members, dict]:
+  """Every member over a window of batches (each leaf W x ...), member after member: metrics
+  K x W. Each member's steps are those lock_step would take."""
+  one = functools.partial(member_step, model=model, tx=tx, norm=norm)
 
-  def member(state_key):
-    state, key = state_key
-    return jax.lax.scan(lambda s, batch: step(s, batch, key), state, batches)
+  def member(args):
+    state, alive, key = args
 
-  return jax.lax.map(member, (state, keys))
+    def body(carry, batch):
+      state, alive = carry
+      state, alive, metrics = one(state, alive, batch, key)
+      return (state, alive), metrics
+
+    (state, alive), metrics = jax.lax.scan(body, (state, alive), batches)
+    return state, alive, metrics
+
+  state, alive, metrics = jax.lax.map(member, (members.state, members.alive, keys))
+  return Members(state, alive), metrics
 
 
-def make_sweep_step(model, tx: optax.GradientTransformation, norm, dp=None):
-  """The jitted sweep step; with dp (a parallel.DataParallel), members x data: every member
-  runs data-parallel over dp's devices."""
-  return parallel.jit_step(functools.partial(sweep_step, model=model, tx=tx, norm=norm), dp,
+def make_lock_step(model, tx: optax.GradientTransformation, norm, dp=None):
+  """lock_step jitted, the members donated; with dp (a parallel.DataParallel), members x
+  data: every member runs data-parallel over dp's devices."""
+  return parallel.jit_step(functools.partial(lock_step, model=model, tx=tx, norm=norm), dp,
                            donate_state=True, replicate_outputs=True)
 
 
 def make_window_step(model, tx: optax.GradientTransformation, norm):
-  """window_step jitted, the state donated."""
+  """window_step jitted, the members donated."""
   return jax.jit(functools.partial(window_step, model=model, tx=tx, norm=norm),
                  donate_argnums=0)
 
@@ -202,7 +229,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   groups: dict[str, list[float]] = {}
   for row in rows:
     key = ",".join(f"{k}={v}" for k, v in row["settings"].items() if k != "seed") or "all"
-    groups.setdefault(key, []).append(row["test_accuracy"])
+    groups.setdefault(key, []).append(row["final"]["test_accuracy"])
   return [{"setting": k, "seeds": len(v), "test_accuracy_mean": float(np.mean(v)),
            "test_accuracy_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
           for k, v in groups.items()]
@@ -214,7 +241,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
   lines = [f"{'member':<{width}}  test acc  test loss"]
   for r in rows:
     flag = "  (diverged, frozen)" if r["diverged"] else ""
-    lines.append(f"{r['member']:<{width}}  {r['test_accuracy']:8.2f}  {r['test_loss']:9.4f}{flag}")
+    final = r["final"]
+    lines.append(f"{r['member']:<{width}}  {final['test_accuracy']:8.2f}  "
+                 f"{final['test_loss']:9.4f}{flag}")
   if any("seed" in r["settings"] for r in rows):
     for g in aggregate(rows):
       lines.append(f"{g['setting']}: {g['test_accuracy_mean']:.2f} +- "

@@ -135,5 +135,5 @@ def synthetic(n_train=256, n_test=100) -> data.Dataset:
 
 
 def quiet() -> dict:
-  """Keyword arguments that silence train_and_evaluate's printed lines."""
+  """Keyword arguments that silence driver.train's printed lines."""
   return {"log": lambda line: None}

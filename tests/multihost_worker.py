@@ -16,18 +16,18 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mnistjax import config as config_lib  # noqa: E402
-from mnistjax import train  # noqa: E402
+from mnistjax import driver  # noqa: E402
 from conftest import quiet, synthetic  # noqa: E402
 
 
 def main(out: str) -> None:
   cfg = config_lib.Config(epochs=1, batch_size=32, eval_train=False, eval_batch_size=30,
                           dropout=0.25)
-  result = train.train_and_evaluate(cfg, str(pathlib.Path(out) / "workdir"),
-                                    dataset=synthetic(250, 100), **quiet())
-  leaves = parallel.to_host(jax.tree.leaves(result["state"].params))
+  result = driver.train(cfg, None, str(pathlib.Path(out) / "workdir"), synthetic(250, 100),
+                        **quiet())
+  leaves = parallel.to_host(jax.tree.leaves(result.state.params))
   np.savez(pathlib.Path(out) / f"process_{jax.process_index()}.npz", *leaves,
-           accuracy=result["final"]["test_accuracy"], devices=jax.device_count(),
+           accuracy=result.final[0]["test_accuracy"], devices=jax.device_count(),
            processes=jax.process_count())
 
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from mnistjax import config as config_lib
-from mnistjax import parallel, train
+from mnistjax import driver, parallel
 from mnistjax.errors import ConfigError
 from conftest import quiet, synthetic
 
@@ -27,14 +27,13 @@ def max_diff(a, b) -> float:
 
 def compare(config, dataset, sweep_axes=None):
   """One device against four: parameter / BatchNorm-state differences and accuracies."""
-  runs = {n: train.train_and_evaluate(config.replace(devices=n), dataset=dataset,
-                                      sweep=sweep_axes, **quiet()) for n in (1, 4)}
-  one, four = runs[1]["state"], runs[4]["state"]
-  acc = ([m["test_accuracy"] for m in runs[n]["members"]] if sweep_axes
-         else runs[n]["final"]["test_accuracy"] for n in (1, 4))
+  runs = {n: driver.train(config.replace(devices=n), sweep_axes, dataset=dataset, **quiet())
+          for n in (1, 4)}
+  one, four = runs[1].state, runs[4].state
+  acc = ([r["test_accuracy"] for r in runs[n].final] for n in (1, 4))
   return {"params": max_diff(four.params, one.params),
           "batch_stats": max_diff(four.batch_stats, one.batch_stats) if one.batch_stats else 0.0,
-          "accuracy": list(acc), "devices": [runs[n]["devices"] for n in (1, 4)],
+          "accuracy": list(acc), "devices": [runs[n].summary["devices"] for n in (1, 4)],
           "sharding": str(jax.tree.leaves(four.params)[0].sharding.spec)}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import write_dataset
-from mnistjax import data, models, optim, reporting, studies
+from mnistjax import data, models, optim, studies, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,22 +80,23 @@ def test_a_two_epoch_run_writes_every_artefact_and_each_parses(mnist, tmp_path):
   result = run("--epochs=2", "--train_limit=640", "--test_limit=300", "--activation=tanh",
                "--log_every=4", f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr
-  records = reporting.read_jsonl(tmp_path / "metrics.jsonl")
+  records = workdir.read_jsonl(tmp_path / "metrics.jsonl")
   assert [r["epoch"] for r in records] == [0, 1, 2]  # 0: the untrained model
   for r in records:
     assert {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"} <= set(r)
     assert 0 <= r["test_accuracy"] <= 100
   assert all("seconds" in r for r in records[1:])
-  steps = reporting.read_jsonl(tmp_path / "train_log.jsonl")
+  steps = workdir.read_jsonl(tmp_path / "train_log.jsonl")
   assert [r["step"] for r in steps] == [4, 8, 10, 14, 18, 20]  # every 4 steps and epoch ends
   assert steps[-1]["examples_seen"] == 1280
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["config"]["activation"] == "tanh" and saved["config"]["lr"] == 0.01
   assert saved["model"]["activation"] == "tanh" and saved["num_params"] == 431_080
   summary = json.loads((tmp_path / "summary.json").read_text())
-  assert summary["final"]["test_accuracy"] == records[-1]["test_accuracy"]
+  member, = summary["members"]
+  assert member["final"] == records[-1] and member["member"] == "" and not member["diverged"]
   assert summary["compile_seconds"] > 0 and summary["train_images_per_second"] > 0
-  report = summary["classification_report"]
+  report = member["classification_report"]
   assert sum(row["support"] for row in report["classes"].values()) == 300
   assert abs(100 * report["accuracy"] - records[-1]["test_accuracy"]) < 1e-9
   text = (tmp_path / "classification_report.txt").read_text()
@@ -118,7 +119,7 @@ def test_a_diverging_run_exits_3_with_one_line(mnist, tmp_path):
                f"--workdir={tmp_path}")
   assert result.returncode == 3, result.stderr
   assert result.stderr.count("\n") == 1 and "training loss became" in result.stderr
-  assert [r["epoch"] for r in reporting.read_jsonl(tmp_path / "metrics.jsonl")] == [0]
+  assert [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")] == [0]
 
 
 def test_ctrl_c_leaves_a_resumable_workdir(mnist, tmp_path):
@@ -127,18 +128,18 @@ def test_ctrl_c_leaves_a_resumable_workdir(mnist, tmp_path):
   proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=ROOT)
   deadline = time.time() + 120
-  while time.time() < deadline and len(reporting.read_jsonl(tmp_path / "metrics.jsonl")) < 3:
+  while time.time() < deadline and len(workdir.read_jsonl(tmp_path / "metrics.jsonl")) < 3:
     time.sleep(0.2)
   proc.send_signal(signal.SIGINT)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 130, stderr
   assert "interrupted" in stderr and "--resume" in stderr
-  done = reporting.read_jsonl(tmp_path / "metrics.jsonl")[-1]["epoch"]
+  done = workdir.read_jsonl(tmp_path / "metrics.jsonl")[-1]["epoch"]
   result = run(f"--epochs={done + 1}", "--train_limit=640", "--test_limit=100",
                "--eval_train=false", f"--workdir={tmp_path}", "--resume")
   assert result.returncode == 0, result.stderr
   assert f"resumed from the checkpoint of epoch {done}" in result.stdout
-  epochs = [r["epoch"] for r in reporting.read_jsonl(tmp_path / "metrics.jsonl")]
+  epochs = [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")]
   assert epochs == list(range(done + 2))
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import F64_ATOL, F64_RTOL, fake_split, idx_bytes, write_dataset, write_idx
+from conftest import fake_split, idx_bytes, write_dataset, write_idx
 from mnistjax import data
 from mnistjax.errors import ConfigError, DataError
 
@@ -254,27 +254,6 @@ def test_train_batches_cover_the_split_once(drop_remainder):
   assert [int(b["mask"].sum()) for b in masked] == sizes
   real = np.concatenate([b["image"][b["mask"]].reshape(-1, 784) for b in masked])
   np.testing.assert_array_equal(real, seen)  # the same examples in the same order
-
-
-def test_a_padded_masked_batch_trains_exactly_as_the_unpadded_one(x64):
-  # BatchNorm (statistics over the real examples only) and L2 (divided by the real count).
-  from mnistjax import config as config_lib, models, optim, train  # noqa: E401
-  cfg = config_lib.Config(batchnorm=True, l2=0.5)
-  model = models.build("lenet", **cfg.model_settings())
-  tx = optim.make(cfg.optimizer, **cfg.optimizer_hparams())
-  images, labels = fake_split(20)
-  plain = {"image": images, "label": labels.astype(np.int32)}
-  padded = {"image": np.concatenate([images, np.zeros((12, 28, 28), np.uint8)]),
-            "label": np.concatenate([labels, np.zeros(12, np.uint8)]).astype(np.int32),
-            "mask": np.arange(32) < 20}
-  step, _ = train.make_steps(model, tx, (0.1307, 0.3081))
-  results = [step(train.create_state(model, tx, jax.random.key(0), 0.5), b, jax.random.key(1))
-             for b in (plain, padded)]
-  (a, ma), (b, mb) = results
-  for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))):
-    np.testing.assert_allclose(x, y, rtol=F64_RTOL, atol=F64_ATOL)
-  np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=F64_RTOL)
-  assert float(ma["accuracy"]) == float(mb["accuracy"])
 
 
 def test_eval_batches_score_every_example_exactly_once():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mnistjax import config as config_lib
-from mnistjax import data, reporting, sweep, train
+from mnistjax import data, driver, errors, sweep, workdir
 from mnistjax.errors import ConfigError
 from conftest import F64_ATOL, F64_RTOL, quiet, synthetic
 
@@ -20,91 +20,88 @@ BASE = config_lib.Config(epochs=1, batch_size=32, eval_train=False, checkpoint=F
 @pytest.mark.parametrize("axes", [{"dropout": (0.25, 0.5)}, {"lr": (0.05, 0.01)}])
 def test_member_k_equals_a_single_run_with_its_settings(x64, axes):
   ds = synthetic()
-  result = train.train_and_evaluate(BASE, dataset=ds, sweep=axes, **quiet())
+  result = driver.train(BASE, axes, dataset=ds, **quiet())
   (key, values), = axes.items()
   for k, value in enumerate(values):
-    single = train.train_and_evaluate(BASE.replace(**{key: value}), dataset=ds, **quiet())
-    member = sweep.unstack(result["state"], k)
-    for a, b in zip(jax.tree.leaves(member.params), jax.tree.leaves(single["state"].params)):
+    single = driver.train(BASE.replace(**{key: value}), dataset=ds, **quiet())
+    member = sweep.unstack(result.state, k)
+    alone = sweep.unstack(single.state, 0)  # a plain run: one member
+    for a, b in zip(jax.tree.leaves(member.params), jax.tree.leaves(alone.params)):
       np.testing.assert_allclose(a, b, rtol=F64_RTOL, atol=F64_ATOL)
-    assert result["members"][k]["test_accuracy"] == single["final"]["test_accuracy"]
+    assert result.final[k]["test_accuracy"] == single.final[0]["test_accuracy"]
 
 
 def test_equal_settings_and_seed_are_identical_other_seeds_differ():
-  result = train.train_and_evaluate(BASE, dataset=synthetic(), sweep={"seed": (3, 3, 4)},
-                                    **quiet())
-  a, b, c = (sweep.unstack(result["state"], k).params for k in range(3))
+  result = driver.train(BASE, {"seed": (3, 3, 4)}, dataset=synthetic(), **quiet())
+  a, b, c = (sweep.unstack(result.state, k).params for k in range(3))
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert not any(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
-  groups = {g["setting"]: g for g in result["by_setting"]}
+  groups = {g["setting"]: g for g in result.summary["by_setting"]}
   assert groups["all"]["seeds"] == 3
 
 
 def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
   lines = []
-  result = train.train_and_evaluate(BASE.replace(epochs=2, log_every=2), str(tmp_path),
-                                    dataset=synthetic(), sweep={"lr": (0.05, 1e30)},
-                                    log=lines.append)
+  result = driver.train(BASE.replace(epochs=2, log_every=2), {"lr": (0.05, 1e30)},
+                        str(tmp_path), synthetic(), log=lines.append)
   reports = [line for line in lines if line.startswith("member lr=1e+30")]
   assert len(reports) == 1 and re.fullmatch(
       r"member lr=1e\+30: the training loss became -?(nan|inf) at step [12] \(epoch 1\); "
       r"frozen, the other members go on", reports[0])
-  good, bad = result["members"]
-  assert not good["diverged"] and good["test_accuracy"] > 50
+  good, bad = result.summary["members"]
+  assert not good["diverged"] and good["final"]["test_accuracy"] > 50
   assert bad["diverged"]
-  frozen = sweep.unstack(result["state"], 1)
+  frozen = sweep.unstack(result.state, 1)
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(frozen.params))
-  rows = reporting.read_jsonl(tmp_path / "metrics.jsonl")
+  rows = workdir.read_jsonl(tmp_path / "metrics.jsonl")
   assert {r["member"] for r in rows} == {"lr=0.05", "lr=1e+30"}
   assert all("lr" in r for r in rows)
   assert (tmp_path / "sweep_accuracy.png").exists() and (tmp_path / "sweep_curves.png").exists()
 
 
 def _lock_step_and_window(axes, n_batches, window):
-  """A sweep's states after n_batches taken by sweep_step one by one, and by window_step in
+  """A sweep's members after n_batches taken by lock_step one by one, and by window_step in
   windows of `window` (the last one padded), with the losses of each."""
-  ds = synthetic()
-  _, model, tx, norm = train.setup(BASE, ds)
-  group = sweep.members(BASE, axes)
-  batches = list(data.train_batches(ds.train, BASE.batch_size, jax.random.key(0), 1, False,
-                                    masked=True))[:n_batches]
-  state, keys = sweep.create_states(model, group, "dropout" in axes, len(ds.train))
-  step, lock_losses = sweep.make_sweep_step(model, tx, norm), []
+  plan = driver.setup(BASE, synthetic(), axes)
+  batches = list(data.train_batches(plan.dataset.train, BASE.batch_size, jax.random.key(0), 1,
+                                    False, masked=True))[:n_batches]
+  members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
+  step, lock_losses = sweep.make_lock_step(plan.model, plan.tx, plan.norm), []
   for batch in batches:
-    state, metrics = step(state, batch, keys)
+    members, metrics = step(members, batch, keys)
     lock_losses.append(metrics["loss"])
-  lock = (state, np.stack(lock_losses, axis=1))
-  state, keys = sweep.create_states(model, group, "dropout" in axes, len(ds.train))
-  step, window_losses = sweep.make_window_step(model, tx, norm), []
+  lock = (members, np.stack(lock_losses, axis=1))
+  members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
+  step, window_losses = sweep.make_window_step(plan.model, plan.tx, plan.norm), []
   for stacked, real in sweep.windows(batches, window):
-    state, metrics = step(state, stacked, keys)
+    members, metrics = step(members, stacked, keys)
     window_losses.append(np.asarray(metrics["loss"])[:, :real])
-  return lock, (state, np.concatenate(window_losses, axis=1))
+  return lock, (members, np.concatenate(window_losses, axis=1))
 
 
 @pytest.mark.parametrize("axes", [{"dropout": (0.0, 0.5)}, {"lr": (0.05, 0.01), "seed": (0, 1)}])
-def test_window_step_takes_sweep_steps_and_skips_its_padding(x64, axes):
+def test_window_step_takes_lock_steps_and_skips_its_padding(x64, axes):
   (lock, lock_losses), (windowed, window_losses) = _lock_step_and_window(axes, 5, 3)
   assert window_losses.shape == lock_losses.shape == (len(sweep.members(BASE, axes)), 5)
   np.testing.assert_allclose(window_losses, lock_losses, rtol=F64_RTOL)
-  np.testing.assert_array_equal(windowed.step, lock.step)  # 5: the padding took no step
+  np.testing.assert_array_equal(windowed.state.step, lock.state.step)  # 5: padding took none
   for a, b in zip(jax.tree.leaves(windowed), jax.tree.leaves(lock)):
     np.testing.assert_allclose(a, b, rtol=F64_RTOL, atol=F64_ATOL)
 
 
 def test_a_diverging_member_is_frozen_also_on_a_batch_without_mask():
-  ds = synthetic()
-  _, model, tx, norm = train.setup(BASE, ds)
-  state, keys = sweep.create_states(model, sweep.members(BASE, {"lr": (0.05, 1e30)}), False,
-                                    len(ds.train))
+  plan = driver.setup(BASE, synthetic(), {"lr": (0.05, 1e30)})
+  members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
+  ds = plan.dataset
   batch = {"image": ds.train.images[:32], "label": ds.train.labels[:32].astype(np.int32)}
-  step = sweep.make_sweep_step(model, tx, norm)
+  step = sweep.make_lock_step(plan.model, plan.tx, plan.norm)
   for _ in range(3):
-    state, metrics = step(state, batch, keys)
-  assert state.hparams["alive"].dtype == bool
-  np.testing.assert_array_equal(state.hparams["alive"], [True, False])
-  np.testing.assert_array_equal(state.step, [3, 1])  # the frozen member stopped
+    members, metrics = step(members, batch, keys)
+  assert members.alive.dtype == bool
+  np.testing.assert_array_equal(members.alive, [True, False])
+  np.testing.assert_array_equal(members.state.step, [3, 1])  # the frozen member stopped
   assert np.isfinite(metrics["loss"][0])
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(members.state.params))
 
 
 def test_windows_stack_batches_and_pad_the_last_with_empty_ones():
@@ -117,20 +114,18 @@ def test_windows_stack_batches_and_pad_the_last_with_empty_ones():
 
 
 def test_every_member_diverging_stops_the_run():
-  with pytest.raises(train.NonFiniteLoss, match="every member of the sweep diverged"):
-    train.train_and_evaluate(BASE.replace(log_every=2), dataset=synthetic(),
-                             sweep={"lr": (1e30, 1e31)}, **quiet())
+  with pytest.raises(errors.NonFiniteLoss, match="every member of the sweep diverged"):
+    driver.train(BASE.replace(log_every=2), {"lr": (1e30, 1e31)}, dataset=synthetic(),
+                 **quiet())
 
 
 def test_sweep_resumes_per_member(tmp_path):
   ds, axes = synthetic(), {"dropout": (0.0, 0.5)}
   cfg = BASE.replace(epochs=2, checkpoint=True)
-  straight = train.train_and_evaluate(cfg, str(tmp_path / "a"), ds, sweep=axes, **quiet())
-  train.train_and_evaluate(cfg.replace(epochs=1), str(tmp_path / "b"), ds, sweep=axes,
-                           **quiet())
-  resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"), ds, resume=True, sweep=axes,
-                                     **quiet())
-  for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+  straight = driver.train(cfg, axes, str(tmp_path / "a"), ds, **quiet())
+  driver.train(cfg.replace(epochs=1), axes, str(tmp_path / "b"), ds, **quiet())
+  resumed = driver.train(cfg, axes, str(tmp_path / "b"), ds, resume=True, **quiet())
+  for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
     np.testing.assert_array_equal(a, b)
 
 

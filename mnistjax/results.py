@@ -1,0 +1,103 @@
+"""What a run gives back: `Result`, returned by `mnistjax.train` and rebuilt from a workdir
+by `mnistjax.load`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import numpy as np
+
+from mnistjax import models, step
+from mnistjax import sweep as sweep_lib
+from mnistjax.checkpoint import Checkpoints
+from mnistjax.config import Config
+from mnistjax.errors import ConfigError
+from mnistjax.workdir import read_jsonl
+
+
+@dataclasses.dataclass
+class Result:
+  """A run of K >= 1 members (a plain run is one member with no swept setting).
+
+  history: one row per epoch and member, as metrics.jsonl holds them (epoch 0: before
+    training); a sweep's rows carry "member" and the swept values.
+  train_log: the mean training loss of every log interval (train_log.jsonl's rows; a
+    sweep's "loss" is a list, one per member).
+  summary: as summary.json: per member its final record, best test accuracy, divergence and
+    classification report; timings. None for a run that did not finish.
+  state: the members' train states stacked along a leading axis (None where a workdir kept
+    no checkpoint); `variables(k)` gives member k's for `model.apply`.
+  alive: per member, False where it diverged and was frozen.
+  predictions: K x n_test predicted classes of the test set after the last epoch (None for
+    a run that did not finish).
+  """
+  config: Config
+  members: list[sweep_lib.Member]
+  model: nn.Module
+  history: list[dict[str, Any]]
+  train_log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  summary: dict[str, Any] | None = None
+  state: step.TrainState | None = None
+  alive: np.ndarray | None = None
+  predictions: np.ndarray | None = None
+  workdir: pathlib.Path | None = None
+
+  @property
+  def final(self) -> list[dict[str, Any]]:
+    """Each member's last epoch record."""
+    last = max(r["epoch"] for r in self.history)
+    return [r for r in self.history if r["epoch"] == last]
+
+  def variables(self, member: int = 0) -> dict[str, Any]:
+    """Member's model variables ({"params": ..., "batch_stats": ...}) for model.apply."""
+    if self.state is None:
+      raise ConfigError("this result has no state: its workdir kept no checkpoint")
+    return step.variables(sweep_lib.unstack(self.state, member))
+
+  def dataframe(self):
+    """The history as a pandas DataFrame (pandas is not a dependency: install it to use this)."""
+    import pandas  # pylint: disable=g-import-not-at-top
+    return pandas.DataFrame(self.history)
+
+  def __repr__(self) -> str:
+    names = ", ".join(m.name for m in self.members if m.name) or "one member"
+    final = ", ".join(f"{r['test_accuracy']:.2f}%" for r in self.final)
+    where = f", workdir={str(self.workdir)!r}" if self.workdir else ""
+    return (f"Result({self.config.model} on {self.config.dataset}, {names}: epoch "
+            f"{self.final[0]['epoch']} test accuracy {final}{where})")
+
+
+def load(workdir: str | os.PathLike) -> Result:
+  """The Result of a finished or interrupted run from its workdir: history, summary and
+  predictions where written, and the state of its last checkpoint."""
+  path = pathlib.Path(workdir).expanduser().absolute()
+  try:
+    saved = json.loads((path / "config.json").read_text())
+  except FileNotFoundError:
+    raise ConfigError(f"{path} holds no run (no config.json); give the --workdir of a "
+                      "run") from None
+  config = Config(**saved["config"])
+  axes = {k: tuple(v) for k, v in saved.get("sweep", {}).items()}
+  group = sweep_lib.members(config, axes or None)
+  model = models.build(config.model, **config.model_settings())
+  summary_path, predictions_path = path / "summary.json", path / "predictions.npy"
+  result = Result(config=config, members=group, model=model,
+                  history=read_jsonl(path / "metrics.jsonl"),
+                  train_log=read_jsonl(path / "train_log.jsonl"), workdir=path,
+                  summary=json.loads(summary_path.read_text()) if summary_path.exists() else None,
+                  predictions=np.load(predictions_path) if predictions_path.exists() else None)
+  if (path / "checkpoints").is_dir():
+    ckpt = Checkpoints(path / "checkpoints")
+    try:
+      if ckpt.latest_epoch() is not None:
+        template, _ = sweep_lib.init(model, group, saved["train_examples"])
+        members, _ = ckpt.restore(ckpt.latest_epoch(), template)
+        result.state, result.alive = members.state, np.asarray(members.alive)
+    finally:
+      ckpt.close()
+  return result
