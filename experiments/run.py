@@ -7,8 +7,10 @@
 
 Every setting is a flag (a field of mnistjax.config.Config). Without --study,
 flags not given keep Config's defaults (study S0's protocol); with it, the
-study's protocol. Bad input ends the run with one line on stderr and exit
-status 2; a diverged run exits 3, Ctrl-C 130, both keeping a resumable workdir.
+study's protocol. A workdir that holds an earlier run needs --resume (continue
+it) or --overwrite (replace it). Bad input ends the run with one line on stderr
+and exit status 2; a diverged run exits 3, Ctrl-C 130, both keeping a resumable
+workdir.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ flags.DEFINE_string("study", None, "a named study of the notebooks (see --list a
                     "docs/studies.md)")
 flags.DEFINE_string("workdir", None, "write config, metrics, plots and checkpoints here")
 flags.DEFINE_bool("resume", False, "continue from the workdir's last checkpoint")
+flags.DEFINE_bool("overwrite", False, "replace the workdir's earlier run (kept aside until "
+                  "this run has its first checkpoint)")
 flags.DEFINE_bool("list", False, "print the models, optimisers and studies, then exit")
 flags.DEFINE_multi_string("sweep", [], "SETTING=V1,V2,...: train every value together in one "
                           "compiled program; repeat for a product (settings: "
@@ -38,19 +42,19 @@ def main(argv: list[str]) -> None:
   if FLAGS.list:
     print(cli.listing())
     return
-  if FLAGS.resume and not FLAGS.workdir:
-    cli.fail("--resume needs the --workdir of the run to continue")
   with cli.user_errors():
     parallel.initialize_distributed()  # a multi-host job: JAX_COORDINATOR_ADDRESS, SLURM, MPI
     axes = sweep.parse(FLAGS.sweep)
     if FLAGS.study:
       runner.run_study(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume,
-                       sweep=axes)
+                       sweep=axes, overwrite=FLAGS.overwrite)
     else:
-      driver.train(cli.config_from_flags(), axes or None, FLAGS.workdir, resume=FLAGS.resume)
+      driver.train(cli.config_from_flags(), axes or None, FLAGS.workdir, resume=FLAGS.resume,
+                   overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":
   app.run(main, flags_parser=functools.partial(
-      cli.parse_flags, doc=__doc__, main_flags=("study", "workdir", "resume", "sweep", "list")))
+      cli.parse_flags, doc=__doc__,
+      main_flags=("study", "workdir", "resume", "overwrite", "sweep", "list")))
   sys.exit(0)

@@ -68,8 +68,8 @@ def fail(message: str, status: int = EXIT_USAGE) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-  """Turns errors a user can fix into one line: exit status 2 for bad settings or data, 3 for a
-  diverged run, 130 for Ctrl-C."""
+  """Turns errors a user can fix into one line: exit status 2 for bad settings, data or
+  workdir, 3 for a diverged run, 130 for Ctrl-C (wherever it lands)."""
   try:
     yield
   except NonFiniteLoss as e:
@@ -78,6 +78,8 @@ def user_errors() -> Iterator[None]:
     fail(str(e), EXIT_INTERRUPTED)
   except MnistjaxError as e:
     fail(str(e))
+  except KeyboardInterrupt:
+    fail("interrupted", EXIT_INTERRUPTED)
 
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")

@@ -45,6 +45,8 @@ class Config:
                               + ", ".join(data.NORMALIZATIONS), _DATA)
   train_limit: int = _field(0, "use only the first N training images (0 = all)", _DATA)
   test_limit: int = _field(0, "use only the first N test images (0 = all)", _DATA)
+  verify_data: bool = _field(True, "check the files' contents against the published dataset's "
+                             "(false: train on your own IDX files)", _DATA)
   # Optimisation.
   optimizer: str = _field("sgd", "optimiser: " + ", ".join(optim.OPTIMIZERS), _OPT)
   lr: float = _field(0.01, "learning rate", _OPT)
@@ -121,11 +123,23 @@ class Config:
     check("log_every", lambda v: v >= 1, ">= 1")
     check("train_limit", lambda v: v >= 0, ">= 0 (0 = all)")
     check("test_limit", lambda v: v >= 0, ">= 0 (0 = all)")
+    check("seed", lambda v: 0 <= v < 2**63, "in [0, 2^63)")
     for name in ("dropout", "input_dropout"):
       if getattr(self, name) is not None:
         check(name, lambda v: 0 <= v <= 1, "a drop probability in [0, 1]")
-    models.build(self.model, **self.model_settings())  # a setting the model lacks
+    model = models.build(self.model, **self.model_settings())  # a setting the model lacks
+    if self.prelu_init is not None and model.activation != "prelu":
+      raise ConfigError(f"--prelu_init={self.prelu_init}: the slope of a PReLU; it needs "
+                        "--activation=prelu")
     return self
+
+  def resume_changes(self, saved: dict[str, Any]) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """The settings that differ from `saved` (a checkpointed run's Config.to_dict()), as
+    {name: (saved, now)}: (those a resumed run may change, those it may not)."""
+    now = self.to_dict()
+    changed = {k: (saved[k], now[k]) for k in saved.keys() & now.keys() if saved[k] != now[k]}
+    allowed = {k: v for k, v in changed.items() if k in RESUME_MAY_CHANGE}
+    return allowed, {k: v for k, v in changed.items() if k not in allowed}
 
   def eval_batch(self, backend: str) -> int:
     """The evaluation batch size: the flag's, or the backend's default (CPU: a batch whose
@@ -140,6 +154,15 @@ class Config:
     return {"learning_rate": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
             "weight_decay": self.weight_decay, "alpha": self.alpha, "eps": self.eps,
             "beta1": self.beta1, "beta2": self.beta2}
+
+
+# What a resumed run may change: how long and how fast it trains from here on, and how it is
+# evaluated, logged and run. Any other change (the model, the data, the batches' order, the
+# optimiser's kind) would continue one run with another's state and mix the two.
+RESUME_MAY_CHANGE = ("epochs", "lr", "momentum", "nesterov", "weight_decay", "alpha", "eps",
+                     "beta1", "beta2", "l2", "schedule", "warmup_epochs", "eval_batch_size",
+                     "eval_train", "log_every", "epoch_loop", "devices", "checkpoint",
+                     "data_dir", "data_source", "verify_data")
 
 
 def fields() -> tuple[dataclasses.Field, ...]:

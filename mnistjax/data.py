@@ -48,9 +48,12 @@ class DatasetInfo:
   mirrors: tuple[str, ...]
   files: tuple[RemoteFile, ...]
   class_names: tuple[str, ...]
+  payloads: dict[str, str]  # file name without ".gz" -> sha256 of its decompressed bytes
 
 
-# Mirrors, sizes and sha256 as published in tensorflow-datasets' url_checksums/.
+# Mirrors, sizes and sha256 of the .gz files as published in tensorflow-datasets'
+# url_checksums/; payloads: the sha256 of each file's decompressed bytes (the IDX file itself),
+# which identifies the data also where the .gz was recompressed.
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         mirrors=("https://storage.googleapis.com/cvdf-datasets/mnist/",),
@@ -65,6 +68,16 @@ DATASETS: dict[str, DatasetInfo] = {
                        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
         ),
         class_names=tuple(str(i) for i in range(10)),
+        payloads={
+            "train-images-idx3-ubyte":
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte":
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte":
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte":
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
     ),
     "fashion_mnist": DatasetInfo(
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
@@ -80,6 +93,16 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        payloads={
+            "train-images-idx3-ubyte":
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte":
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte":
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte":
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
     ),
 }
 
@@ -137,10 +160,11 @@ def _open(path: pathlib.Path):
   return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-  """Reads an IDX file of unsigned bytes (gzip-compressed or not), validating its header and size."""
+def read_idx(path: str | os.PathLike, fix: str = "replace it with the original file",
+             expected_sha256: str | None = None) -> np.ndarray:
+  """Reads an IDX file of unsigned bytes (gzip-compressed or not), validating its header and
+  size, and where given, the sha256 of its (decompressed) bytes. `fix` ends every error."""
   path = pathlib.Path(path)
-  fix = "replace it with the original file (or delete it to download it again)"
   try:
     with _open(path) as f:
       raw = f.read()
@@ -148,8 +172,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     raise DataError(f"{path}: file not found") from None
   except (EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DataError(f"{path}: truncated or corrupt gzip file ({e}); {fix}") from None
+  except IsADirectoryError:
+    raise DataError(f"{path} is a folder where the IDX file should be; {fix}") from None
   except OSError as e:
-    raise DataError(f"{path}: cannot read ({e}); {fix}") from None
+    raise DataError(f"{path}: cannot read ({e.strerror}); {fix}") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] not in (1, 3):
     raise DataError(
         f"{path}: not an IDX file of unsigned bytes (magic number {raw[:4].hex() or 'missing'}, "
@@ -164,12 +190,34 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     raise DataError(
         f"{path}: holds {len(raw) - header} data bytes but its header {dims} promises {expected} "
         f"(truncated or padded); {fix}")
+  if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
+    raise DataError(_identify(path, hashlib.sha256(raw).hexdigest(), fix))
   return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def read_split(images_path, labels_path, expected_count: int | None = None) -> Split:
-  """Reads and cross-checks one split's image and label files."""
-  images, labels = read_idx(images_path), read_idx(labels_path)
+def _identify(path: pathlib.Path, digest: str, fix: str) -> str:
+  """The error for an IDX file whose content is not the expected one: which known file it is,
+  if any."""
+  for name, info in DATASETS.items():
+    for base, known in info.payloads.items():
+      if digest == known:
+        return (f"{path} holds {name}'s {base}, not the file this dataset needs; point "
+                f"--data_dir at the right dataset's files (a <dataset>/ subfolder is looked "
+                f"for first)")
+  return (f"{path}: its contents are not the published file (sha256 {digest[:16]}...); "
+          f"{fix}, or pass --verify_data=false to train on your own files")
+
+
+def read_split(images_path, labels_path, expected_count: int | None = None,
+               fix: str = "replace it with the original file",
+               payloads: dict[str, str] | None = None) -> Split:
+  """Reads and cross-checks one split's image and label files; with payloads (file name ->
+  sha256), each file's content is checked against the published one."""
+  def expected(path) -> str | None:
+    return None if payloads is None else payloads[pathlib.Path(path).name.removesuffix(".gz")]
+
+  images = read_idx(images_path, fix, expected(images_path))
+  labels = read_idx(labels_path, fix, expected(labels_path))
   if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
     raise DataError(f"{images_path}: expected images of shape N x 28 x 28, got {images.shape}; "
                     "is this an image file?")
@@ -208,15 +256,17 @@ def find_files(directory: pathlib.Path, name: str) -> pathlib.Path | None:
 
 def _find(folder: pathlib.Path, base: str) -> pathlib.Path | None:
   for candidate in (folder / f"{base}.gz", folder / base):
-    if candidate.is_file():
+    if candidate.exists():  # a folder of that name is reported when it is read
       return candidate
   return None
 
 
-def _read_folder(folder: pathlib.Path) -> tuple[Split, Split]:
+def _read_folder(folder: pathlib.Path, name: str, fix: str, verify: bool) -> tuple[Split, Split]:
   splits = []
+  payloads = DATASETS[name].payloads if verify else None
   for images, labels, count in SPLITS.values():
-    splits.append(read_split(_find(folder, images), _find(folder, labels), count))
+    splits.append(read_split(_find(folder, images), _find(folder, labels), count, fix,
+                             payloads))
   return splits[0], splits[1]
 
 
@@ -233,7 +283,7 @@ def _file_list() -> str:
 
 
 def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source: str = "auto",
-         download: bool = True) -> Dataset:
+         download: bool = True, verify: bool = True) -> Dataset:
   """Loads a dataset as uint8 arrays.
 
   Args:
@@ -242,6 +292,8 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source:
       defaults to $MNISTJAX_DATA_DIR. When given, it is the only place looked at.
     source: "auto" (local folder, cache, download) or "tfds".
     download: whether "auto" may download into the cache.
+    verify: check each file's content against the published dataset's (sha256 of the
+      decompressed bytes): another dataset's file, or a modified one, is an error.
 
   Returns:
     The dataset, with `source` saying where it came from.
@@ -265,14 +317,16 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source:
     if folder is None:
       raise DataError(f"no complete {name} dataset in {directory} or {directory / name}; "
                       f"expected {_file_list()} (.gz or uncompressed)")
-    return Dataset(name, *_read_folder(folder), source=str(folder))
+    fix = "replace it with the original file"
+    return Dataset(name, *_read_folder(folder, name, fix, verify), source=str(folder))
   folder = cache_dir() / name
   if find_files(folder, name) is None:
     if not download:
       raise DataError(f"{name} is not in the cache {folder} and downloads are off; "
                       f"set ${ENV_DATA_DIR} to a folder holding {_file_list()}")
     download_dataset(name, folder)
-  return Dataset(name, *_read_folder(folder), source=str(folder))
+  fix = "delete it to download it again"
+  return Dataset(name, *_read_folder(folder, name, fix, verify), source=str(folder))
 
 
 # ----------------------------------------------------------------------------

@@ -91,6 +91,12 @@ class _Runner:
     self.examples_seen = examples_seen
     self.timing = Timing()
 
+  def freeze(self, members: np.ndarray) -> None:
+    """Marks members (a K bool mask) as diverged: they take no more steps."""
+    if members.any():
+      alive = self.members.alive & jnp.asarray(~members)
+      self.members = self.members.replace(alive=self.plan.place(alive))
+
   def _rows(self, epoch: int, first: int, sizes: list[int]) -> list[dict[str, int]]:
     """Rows of the steps first+1 .. first+len(sizes) of an epoch, counting examples seen."""
     rows = []

@@ -19,3 +19,7 @@ class NonFiniteLoss(MnistjaxError):
 
 class Interrupted(MnistjaxError):
   """The run was stopped by the user (Ctrl-C) between or inside epochs."""
+
+
+class WorkdirError(MnistjaxError):
+  """The run's folder can't be used as asked (in use, holds another run, not writable, full)."""

@@ -99,6 +99,26 @@ class Reporter:
     if self.out:
       self.out.append("train_log.jsonl", row)
 
+  def evaluation(self, records: list[dict[str, Any]]) -> np.ndarray:
+    """Which members' evaluation (test, or train-set, loss) is not finite, newly: they are
+    frozen from here on, reported; a plain run stops. Returns that mask (K,)."""
+    bad = np.zeros(len(records), bool)
+    for k, record in enumerate(records):
+      losses = [record[key] for key in ("train_loss", "test_loss") if key in record]
+      if k in self.frozen or all(np.isfinite(losses)):
+        continue
+      what = f"the evaluation loss became {next(v for v in losses if not np.isfinite(v))}"
+      where = f"after epoch {record['epoch']}"
+      if self.plain:
+        raise NonFiniteLoss(f"{what} {where}; lower --lr or check the data")
+      self.frozen[k] = record["step"]
+      bad[k] = True
+      self.log(f"member {self.group[k].name}: {what} {where}; frozen, the other members go on")
+    if len(self.frozen) == len(self.group):
+      raise NonFiniteLoss(f"every member of the sweep diverged by step "
+                          f"{max(self.frozen.values())} (epoch {records[0]['epoch']}); lower --lr")
+    return bad
+
 
 def write_results(out: Workdir, dataset: data.Dataset, summary: dict[str, Any],
                   history: list[dict[str, Any]], predictions: np.ndarray,

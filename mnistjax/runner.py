@@ -6,18 +6,22 @@ from __future__ import annotations
 from typing import Any
 
 from mnistjax import data, driver, studies
-from mnistjax.workdir import Workdir, write_json
+from mnistjax.errors import ConfigError
+from mnistjax.workdir import make_folder, write_json
 
 
 def run_study(name: str, overrides: dict[str, Any] | None = None, workdir: str | None = None,
-              resume: bool = False, log=print, sweep: dict[str, tuple] | None = None
-              ) -> list[dict[str, Any]]:
+              resume: bool = False, log=print, sweep: dict[str, tuple] | None = None,
+              overwrite: bool = False) -> list[dict[str, Any]]:
   """Runs a study: as one sweep where its variants allow it, else variant after variant (each
-  in workdir/<variant>/). `sweep` adds axes (e.g. seeds) to every run.
+  in workdir/<variant>/). `sweep` adds axes (e.g. seeds) to every run; resume and overwrite
+  apply to each run's folder (see driver.train).
 
   Returns one row per member of every run: its name and final numbers.
   """
   study, overrides = studies.lookup(name), overrides or {}
+  if resume and workdir is None:
+    raise ConfigError("--resume needs the --workdir of the study to continue")
   axes = studies.as_sweep(name, overrides)
   if axes is not None:
     runs = [("sweep", study.config.replace(**overrides).validate())]
@@ -26,13 +30,14 @@ def run_study(name: str, overrides: dict[str, Any] | None = None, workdir: str |
     runs, axes = studies.expand(name, overrides), sweep or None
   log(f"study {name}: {study.description}; "
       + (f"one sweep over {', '.join(axes)}" if axes else f"{len(runs)} run(s)"))
+  folder = make_folder(workdir) if workdir is not None else None  # before the data
   first = runs[0][1]
-  dataset = data.load(first.dataset, first.data_dir, first.data_source)
+  dataset = data.load(first.dataset, first.data_dir, first.data_source, verify=first.verify_data)
   rows = []
   for variant, config in runs:
     log(f"--- {name} / {variant}")
     sub = None if workdir is None else (workdir if len(runs) == 1 else f"{workdir}/{variant}")
-    result = driver.train(config, axes, sub, dataset, resume=resume, log=log)
+    result = driver.train(config, axes, sub, dataset, resume=resume, overwrite=overwrite, log=log)
     for member in result.summary["members"]:
       rows.append({"variant": ",".join(n for n in (variant if len(runs) > 1 else "",
                                                    member["member"]) if n) or variant,
@@ -45,8 +50,8 @@ def run_study(name: str, overrides: dict[str, Any] | None = None, workdir: str |
   outcome = target_outcome(study, rows) if study.target is not None else None
   if outcome:
     log(outcome["line"])
-  if workdir is not None:
-    write_json(Workdir(workdir, log).path / "study.json",
+  if folder is not None:
+    write_json(folder / "study.json",
                {"study": name, "description": study.description, "notebook": study.notebook,
                 "runs": rows, "target": outcome})
   return rows

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import matplotlib.image
 import numpy as np
 import pytest
@@ -73,7 +74,8 @@ def test_wrong_magic_number(tmp_path):
   raw = bytearray(path.read_bytes())
   raw[3] = 7
   path.write_bytes(bytes(raw))
-  assert_one_line_error(run(f"--data_dir={tmp_path}"), str(path), "magic number 00000807")
+  assert_one_line_error(run(f"--data_dir={tmp_path}", "--verify_data=false"), str(path),
+                        "magic number 00000807")
 
 
 def test_a_two_epoch_run_writes_every_artefact_and_each_parses(mnist, tmp_path):
@@ -160,3 +162,137 @@ def test_list_names_every_model_optimizer_and_study():
   assert result.returncode == 0
   for name in [*models.MODELS, *optim.OPTIMIZERS, *studies.STUDIES]:
     assert f"  {name} " in result.stdout
+
+
+# ----------------------------------------------------------------------------
+# The run's folder (README, What survives what)
+
+SMALL = ("--train_limit=320", "--test_limit=100", "--eval_train=false", "--log_every=2")
+
+
+def _mount_tmpfs(path: pathlib.Path, options: str) -> bool:
+  """Mounts a tmpfs at path (root in a sandbox can; elsewhere the test skips)."""
+  path.mkdir(parents=True, exist_ok=True)
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                        capture_output=True).returncode == 0
+
+
+def _umount(path: pathlib.Path) -> None:
+  subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_a_bad_workdir_is_one_line_before_any_data_is_read(tmp_path):
+  afile = tmp_path / "afile"
+  afile.write_text("")
+  started = time.perf_counter()
+  assert_one_line_error(run(f"--workdir={afile}", "--data_dir=/nowhere"),
+                        f"--workdir={afile} is a file, not a folder")
+  assert_one_line_error(run("--workdir=/proc/mnistjax", "--data_dir=/nowhere"),
+                        "/proc/mnistjax: No such file or directory", "choose another --workdir")
+  assert time.perf_counter() - started < 60  # no data loaded, nothing compiled
+  readonly = tmp_path / "readonly"
+  if not _mount_tmpfs(readonly, "ro,size=1m"):
+    pytest.skip("cannot mount a read-only tmpfs here")
+  try:
+    assert_one_line_error(run(f"--workdir={readonly / 'run'}", "--data_dir=/nowhere"),
+                          "Read-only file system", "choose a --workdir on a writable disk")
+  finally:
+    _umount(readonly)
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--seed=9223372036854775808"], ["--seed=9223372036854775808: must be in [0, 2^63)"]),
+    (["--prelu_init=0.3"], ["--prelu_init=0.3", "needs --activation=prelu"]),
+    (["--batch_size=1000", "--train_limit=500"],
+     ["--batch_size=1000 is larger than the training set (500 examples)"]),
+    (["--resume", "--overwrite", "--workdir=/tmp/x"], ["give one of them"]),
+])
+def test_settings_that_cannot_run_are_one_line(mnist, flags, fragments):
+  assert_one_line_error(run(*flags), *fragments)
+
+
+def test_reruns_and_resumes_that_would_mix_runs_are_one_line(mnist, tmp_path):
+  plain, swept = tmp_path / "plain", tmp_path / "swept"
+  assert run(*SMALL, "--epochs=1", f"--workdir={plain}").returncode == 0
+  assert run(*SMALL, "--epochs=1", "--sweep=lr=0.01,0.02", f"--workdir={swept}").returncode == 0
+  assert_one_line_error(run(*SMALL, "--epochs=1", f"--workdir={plain}"),
+                        "holds an earlier run; continue it with --resume, or replace it with "
+                        "--overwrite")
+  for extra, fragment in [
+      (["--model=cnn"], "model lenet -> cnn"),
+      (["--dataset=fashion_mnist", "--activation=sigmoid"],
+       "activation (the model's default) -> sigmoid, dataset mnist -> fashion_mnist"),
+      (["--sweep=lr=0.1,0.2"], "sweep none -> {'lr': [0.1, 0.2]}"),
+      (["--checkpoint=false"], "--resume continues from a checkpoint: drop --checkpoint=false")]:
+    assert_one_line_error(run(*SMALL, "--epochs=2", f"--workdir={plain}", "--resume", *extra),
+                          fragment)
+  assert_one_line_error(run(*SMALL, "--epochs=2", f"--workdir={swept}", "--resume"),
+                        "sweep {'lr': [0.01, 0.02]} -> none")
+  rows = workdir.read_jsonl(plain / "metrics.jsonl")
+  assert [r["epoch"] for r in rows] == [0, 1] and all("member" not in r for r in rows)
+
+
+def test_two_runs_started_together_on_one_workdir(mnist, tmp_path):
+  args = [sys.executable, str(ROOT / "experiments" / "run.py"), *SMALL, "--epochs=2",
+          f"--workdir={tmp_path}"]
+  procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT) for _ in range(2)]
+  results = [proc.communicate(timeout=600) + (proc.returncode,) for proc in procs]
+  codes = sorted(code for _, _, code in results)
+  assert codes == [0, 2], results
+  _, stderr, _ = next(r for r in results if r[2] == 2)
+  assert stderr.count("\n") == 1 and "is in use by run" in stderr
+  assert [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_ctrl_c_while_compiling_is_one_line(mnist, tmp_path):
+  args = [sys.executable, str(ROOT / "experiments" / "run.py"), *SMALL, "--epochs=1",
+          f"--workdir={tmp_path}"]
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (tmp_path / "log.txt").exists():
+    time.sleep(0.05)  # the first line is written just before the first compile
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr
+  assert stderr.count("\n") == 1
+  assert "interrupted before any epoch was saved; start again with --overwrite" in stderr
+
+
+@pytest.mark.slow
+def test_a_run_killed_inside_a_checkpoint_save_resumes_bit_for_bit(mnist, tmp_path):
+  common = (*SMALL, "--epochs=3", "--dropout=0.25", "--batchnorm")
+  assert run(*common, f"--workdir={tmp_path / 'straight'}").returncode == 0
+  killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_in_save_worker.py"),
+                           *common, f"--workdir={tmp_path / 'killed'}"], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env={**os.environ, "KILL_EPOCH": "2"})
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  resumed = run(*common, f"--workdir={tmp_path / 'killed'}", "--resume")
+  assert resumed.returncode == 0, resumed.stderr
+  import mnistjax  # pylint: disable=g-import-not-at-top
+  straight, again = (mnistjax.load(tmp_path / name) for name in ("straight", "killed"))
+  for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(again.state)):
+    np.testing.assert_array_equal(a, b)
+  assert again.history == [{**r, "seconds": s["seconds"], "train_seconds": s["train_seconds"]}
+                           if "seconds" in r else r for r, s in zip(straight.history,
+                                                                   again.history)]
+
+
+def test_a_full_disk_is_one_line_and_leaves_every_record_readable(mnist, tmp_path):
+  disk = tmp_path / "disk"
+  if not _mount_tmpfs(disk, "size=3m"):  # LeNet's first checkpoint (~5 MB) does not fit
+    pytest.skip("cannot mount a tmpfs here (the injected-ENOSPC tests in test_workdir.py run)")
+  try:
+    result = run(*SMALL, "--epochs=2", f"--workdir={disk / 'run'}")
+    assert_one_line_error(result, "no room for the checkpoint of epoch 1", "free space on that "
+                          "disk; stopped before any epoch was saved; start again with "
+                          "--overwrite")
+    for name in ("metrics.jsonl", "train_log.jsonl"):
+      workdir.read_jsonl(disk / "run" / name)  # every line parses (a torn last one is skipped)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    again = run(*SMALL, "--epochs=2", f"--workdir={disk / 'run'}", "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert [r["epoch"] for r in workdir.read_jsonl(disk / "run" / "metrics.jsonl")] == [0, 1, 2]
+  finally:
+    _umount(disk)

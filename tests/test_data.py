@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
 import http.server
+import pathlib
 import sys
 import threading
 
@@ -95,7 +97,7 @@ def test_wrong_item_count(tmp_path):
 @pytest.mark.parametrize("nested", [False, True])
 def test_load_from_directory_flat_or_per_dataset(tmp_path, nested):
   folder = write_dataset(tmp_path / "mnist" if nested else tmp_path, gz=not nested)
-  ds = data.load("mnist", data_dir=tmp_path)
+  ds = data.load("mnist", data_dir=tmp_path, verify=False)  # random images, not MNIST
   assert ds.source == str(folder)
   assert (len(ds.train), len(ds.test)) == (60000, 10000)
   assert ds.train.images.dtype == np.uint8 and ds.train.images.shape == (60000, 28, 28)
@@ -105,7 +107,7 @@ def test_load_from_directory_flat_or_per_dataset(tmp_path, nested):
 def test_environment_variable_names_the_directory(tmp_path, monkeypatch):
   write_dataset(tmp_path / "fashion_mnist")
   monkeypatch.setenv(data.ENV_DATA_DIR, str(tmp_path))
-  assert data.load("fashion_mnist").source == str(tmp_path / "fashion_mnist")
+  assert data.load("fashion_mnist", verify=False).source == str(tmp_path / "fashion_mnist")
 
 
 def test_missing_directory_says_where_to_point(tmp_path):
@@ -131,15 +133,15 @@ def test_cache_is_used_before_downloading(tmp_path, monkeypatch):
   monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path))
   write_dataset(tmp_path / "mnist")
   monkeypatch.setattr(data, "download_dataset", lambda *a: pytest.fail("downloaded"))
-  assert data.load("mnist").source == str(tmp_path / "mnist")
+  assert data.load("mnist", verify=False).source == str(tmp_path / "mnist")
 
 
 def test_offline_without_data_says_where_to_put_files(tmp_path, monkeypatch):
   monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
   monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path))
   unreachable = ("http://127.0.0.1:9/",)  # the discard port: connection refused at once
-  monkeypatch.setattr(data, "DATASETS", {"mnist": data.DATASETS["mnist"].__class__(
-      unreachable, data.DATASETS["mnist"].files, data.DATASETS["mnist"].class_names)})
+  monkeypatch.setattr(data, "DATASETS", {"mnist": dataclasses.replace(
+      data.DATASETS["mnist"], mirrors=unreachable)})
   with pytest.raises(DataError, match=rf"cannot download .*set \${data.ENV_DATA_DIR}=FOLDER"):
     data.load("mnist")
   assert not list((tmp_path / "mnist").glob("*")), "a failed download left a file behind"
@@ -149,6 +151,48 @@ def test_tfds_source_without_tensorflow_datasets_says_how_to_install(monkeypatch
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
   with pytest.raises(DataError, match=r"needs tensorflow-datasets: .*\.\[tfds\]"):
     data.load("mnist", source="tfds")
+
+
+def test_the_files_of_another_dataset_are_named_as_such(mnist):
+  # MNIST's files asked for as Fashion-MNIST: the digits would train with clothes' names.
+  folder = pathlib.Path(mnist.source)
+  with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz holds mnist's "
+                     r"train-images-idx3-ubyte, not the file this dataset needs; point "
+                     r"--data_dir") as e:
+    data.load("fashion_mnist", data_dir=folder)
+  assert "\n" not in str(e.value)
+
+
+def test_a_modified_file_is_refused_unless_verification_is_off(tmp_path):
+  write_dataset(tmp_path, n_train=60000, n_test=10000)
+  with pytest.raises(DataError, match=r"contents are not the published file \(sha256 [0-9a-f]{16}"
+                     r"\.\.\.\); replace it with the original file, or pass "
+                     r"--verify_data=false"):
+    data.load("mnist", data_dir=tmp_path)
+  assert len(data.load("mnist", data_dir=tmp_path, verify=False).train) == 60000
+
+
+def test_a_folder_where_a_data_file_should_be_is_named(tmp_path):
+  write_dataset(tmp_path, n_train=60, n_test=10)
+  (tmp_path / "train-images-idx3-ubyte.gz").unlink()
+  (tmp_path / "train-images-idx3-ubyte.gz").mkdir()
+  with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz is a folder where the IDX file "
+                     r"should be; replace it with the original file$"):
+    data.load("mnist", data_dir=tmp_path, verify=False)
+
+
+def test_a_corrupt_file_in_the_cache_says_to_delete_it_one_in_a_data_dir_to_replace_it(
+    tmp_path, monkeypatch):
+  for where in ("data_dir", "cache"):
+    folder = write_dataset(tmp_path / where / "mnist", n_train=60, n_test=10)
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-10])
+  with pytest.raises(DataError, match="corrupt gzip file .*; replace it with the original file$"):
+    data.load("mnist", data_dir=tmp_path / "data_dir", verify=False)
+  monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+  monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path / "cache"))
+  with pytest.raises(DataError, match="corrupt gzip file .*; delete it to download it again$"):
+    data.load("mnist", verify=False)
 
 
 # ----------------------------------------------------------------------------
@@ -203,8 +247,8 @@ def test_download_dataset_fills_the_cache_from_a_mirror(server, tmp_path, monkey
   files = tuple(data.RemoteFile(f.name, (root / f.name).stat().st_size,
                                 hashlib.sha256((root / f.name).read_bytes()).hexdigest())
                 for f in data.DATASETS["mnist"].files)
-  monkeypatch.setitem(data.DATASETS, "mnist", data.DatasetInfo(
-      ("http://127.0.0.1:9/", url), files, data.DATASETS["mnist"].class_names))
+  monkeypatch.setitem(data.DATASETS, "mnist", dataclasses.replace(
+      data.DATASETS["mnist"], mirrors=("http://127.0.0.1:9/", url), files=files))
   data.download_dataset("mnist", tmp_path / "cache")  # first mirror refuses; second serves
   for f in files:
     assert (tmp_path / "cache" / f.name).read_bytes() == (root / f.name).read_bytes()
