@@ -159,7 +159,7 @@ def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
   if epoch:  # a fresh run's epoch, compile included, then the train and test sets evaluated
     members, keys = sweep.init(plan.model, plan.group, len(dataset.train))
     start = time.perf_counter()
-    runner = epochs.make_runner(plan, members, keys, step.run_keys(config.seed)[2])
+    runner = epochs.make_runner(plan, members, keys)
     for _ in runner.train(1):
       pass
     record, = epochs.Evaluator(plan).members(runner.members, 1, runner.examples_seen)

@@ -153,8 +153,7 @@ def _train(config: Config, axes, out: Workdir | None, dataset, resume: bool, log
   if start.resumed_line:
     reporter.log(start.resumed_line)
 
-  runner = epochs.make_runner(plan, members, keys, step.run_keys(config.seed)[2],
-                              start.examples_seen)  # data order: the base seed's
+  runner = epochs.make_runner(plan, members, keys, start.examples_seen)
   evaluator = epochs.Evaluator(plan)
   history, records = start.history, []
   try:

@@ -44,6 +44,17 @@ class Plan:
                                 self.config.drop_remainder)
 
   @property
+  def per_member_data(self) -> bool:
+    """Whether each member has its own data order: where the members' seeds differ (the seed
+    sets initialisation, dropout and shuffling); else they share every batch."""
+    return len({m.config.seed for m in self.group}) > 1
+
+  @property
+  def shuffle_keys(self) -> jax.Array:
+    """The data-order key of every member (K x key), from its seed."""
+    return jnp.stack([step.run_keys(m.config.seed)[2] for m in self.group])
+
+  @property
   def eval_batch_size(self) -> int:
     return self.config.eval_batch(jax.default_backend())
 
@@ -83,11 +94,12 @@ class Progress:
 class _Runner:
   """What both runners share: the members' state, the keys, the count of examples seen."""
 
-  def __init__(self, plan: Plan, members: sweep.Members, keys: jax.Array, shuffle_key,
+  def __init__(self, plan: Plan, members: sweep.Members, keys: jax.Array,
                examples_seen: int = 0):
     self.plan = plan
     self.members, self.keys = plan.place(members), plan.place(keys)
-    self.shuffle_key = shuffle_key
+    self.per_member = plan.per_member_data
+    self.shuffle_keys = plan.shuffle_keys
     self.examples_seen = examples_seen
     self.timing = Timing()
 
@@ -115,16 +127,26 @@ class PythonEpochs(_Runner):
     super().__init__(*args, **kwargs)
     p = self.plan
     self.windowed = sweep.windowed(p.dp)
-    self._step = (sweep.make_window_step(p.model, p.tx, p.norm) if self.windowed
-                  else sweep.make_lock_step(p.model, p.tx, p.norm, p.dp))
+    self._step = (sweep.make_window_step(p.model, p.tx, p.norm, self.per_member)
+                  if self.windowed
+                  else sweep.make_lock_step(p.model, p.tx, p.norm, p.dp, self.per_member))
     self._compiled: set[tuple[int, ...]] = set()
+
+  def _batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    """The epoch's host batches: masked, the last one padded (one compiled step for the
+    epoch, not two); with per-member data, every leaf K x ..., each member its own order."""
+    cfg = self.plan.config
+    streams = [data.train_batches(self.plan.dataset.train, cfg.batch_size, key, epoch,
+                                  cfg.drop_remainder, masked=True)
+               for key in (self.shuffle_keys if self.per_member else self.shuffle_keys[:1])]
+    if not self.per_member:
+      return streams[0]
+    return ({k: np.stack([b[k] for b in group]) for k in group[0]} for group in zip(*streams))
 
   def train(self, epoch: int) -> Iterator[Progress]:
     """Trains one epoch, yielding after every call of the step."""
     cfg = self.plan.config
-    # Masked batches, the last one padded: one compiled step for the epoch, not two.
-    batches = data.train_batches(self.plan.dataset.train, cfg.batch_size, self.shuffle_key,
-                                 epoch, cfg.drop_remainder, masked=True)
+    batches = self._batches(epoch)
     units = (sweep.windows(batches, sweep.WINDOW_STEPS) if self.windowed
              else ((batch, None) for batch in batches))
     pending_rows, pending_losses, done = [], [], 0
@@ -136,10 +158,12 @@ class PythonEpochs(_Runner):
         t0 = time.perf_counter()
         self.timing.train_seconds += t0 - t_steady
       self.members, metrics = self._step(self.members, unit, self.keys)
+      # Every member's batches hold the same number of examples: count the first member's.
+      mask = unit["mask"][..., 0, :] if self.per_member else unit["mask"]
       if real is None:
-        sizes, losses = [int(unit["mask"].sum())], [(metrics["loss"], metrics["alive"])]
+        sizes, losses = [int(mask.sum())], [(metrics["loss"], metrics["alive"])]
       else:
-        sizes = unit["mask"][:real].sum(axis=1).tolist()
+        sizes = mask[:real].sum(axis=1).tolist()
         losses = [(metrics["loss"][:, j], metrics["alive"][:, j]) for j in range(real)]
       if compiles:  # its time is reported apart from the steady-state throughput
         jax.block_until_ready(self.members)
@@ -163,23 +187,33 @@ class PythonEpochs(_Runner):
     self.timing.train_images += images_steady
 
 
-def scan_epoch(members, images, labels, epoch, shuffle_key, keys, *, step_fn, batch_size: int,
-               drop_remainder: bool, batch_sharding=None):
+def scan_epoch(members, images, labels, epoch, shuffle_keys, keys, *, step_fn,
+               batch_size: int, drop_remainder: bool, per_member: bool = False,
+               batch_sharding=None):
   """One epoch as one program (the accelerator path): the dataset lives on the device as uint8,
-  the epoch is shuffled there (the order of data.epoch_permutation), and `lax.scan` runs
-  step_fn over its batches, the last one padded and masked as data.train_batches(masked=True)
-  does. Returns the final members, and the losses and alive flags, each steps x K."""
+  the epoch is shuffled there (the order of data.epoch_permutation, from each member's key
+  with per_member, else from the first), and `lax.scan` runs step_fn over its batches, the
+  last one padded and masked as data.train_batches(masked=True) does. Returns the final
+  members, and the losses and alive flags, each steps x K."""
   n = images.shape[0]
   steps = data.num_train_steps(n, batch_size, drop_remainder)
-  order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
   total = steps * batch_size
-  order = jnp.concatenate([order, jnp.zeros(max(total - n, 0), order.dtype)])[:total]
-  idx = order.reshape(steps, batch_size)
+
+  def batch_indices(shuffle_key):  # steps x batch_size
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+    order = jnp.concatenate([order, jnp.zeros(max(total - n, 0), order.dtype)])[:total]
+    return order.reshape(steps, batch_size)
+
+  if per_member:  # steps x K x batch_size
+    idx = jnp.swapaxes(jax.vmap(batch_indices)(shuffle_keys), 0, 1)
+  else:
+    idx = batch_indices(shuffle_keys[0])
   mask = (jnp.arange(total) < n).reshape(steps, batch_size)
 
   def body(members, xs):
     idx_t, mask_t = xs
-    batch = {"image": images[idx_t], "label": labels[idx_t].astype(jnp.int32), "mask": mask_t}
+    batch = {"image": images[idx_t], "label": labels[idx_t].astype(jnp.int32),
+             "mask": jnp.broadcast_to(mask_t, idx_t.shape)}
     if batch_sharding is not None:  # data-parallel: each device gathers its own rows
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     members, metrics = step_fn(members, batch, keys)
@@ -197,17 +231,19 @@ class ScannedEpochs(_Runner):
     p = self.plan
     self._epoch_fn = jax.jit(functools.partial(
         scan_epoch, step_fn=functools.partial(sweep.lock_step, model=p.model, tx=p.tx,
-                                              norm=p.norm),
+                                              norm=p.norm, per_member=self.per_member),
         batch_size=p.config.batch_size, drop_remainder=p.config.drop_remainder,
-        batch_sharding=p.dp.batch_sharding if p.dp else None), donate_argnums=0)
+        per_member=self.per_member,
+        batch_sharding=p.dp.batch_sharding_of(self.per_member) if p.dp else None),
+        donate_argnums=0)
     self._resident = p.place((jnp.asarray(p.dataset.train.images),
                               jnp.asarray(p.dataset.train.labels)))
     self._compiled = None
 
   def train(self, epoch: int) -> Iterator[Progress]:
     cfg, steps = self.plan.config, self.plan.steps_per_epoch
-    args = (self.members, *self._resident, jnp.asarray(epoch, jnp.int32), self.shuffle_key,
-            self.keys)
+    args = (self.members, *self._resident, jnp.asarray(epoch, jnp.int32),
+            self.plan.place(self.shuffle_keys), self.keys)
     if self._compiled is None:  # compiled ahead of the first epoch, so it is timed on its own
       start = time.perf_counter()
       self._compiled = self._epoch_fn.lower(*args).compile()
@@ -227,7 +263,7 @@ class ScannedEpochs(_Runner):
     yield Progress(steps, intervals)
 
 
-def make_runner(plan: Plan, members: sweep.Members, keys: jax.Array, shuffle_key,
+def make_runner(plan: Plan, members: sweep.Members, keys: jax.Array,
                 examples_seen: int = 0) -> PythonEpochs | ScannedEpochs:
   """The run's epoch runner: --epoch_loop, "auto" choosing the scanned program on GPU/TPU
   (on XLA:CPU the Python loop of jitted steps is faster)."""
@@ -235,7 +271,7 @@ def make_runner(plan: Plan, members: sweep.Members, keys: jax.Array, shuffle_key
   if loop == "auto":
     loop = "python" if jax.default_backend() == "cpu" else "scan"
   runner = ScannedEpochs if loop == "scan" else PythonEpochs
-  return runner(plan, members, keys, shuffle_key, examples_seen)
+  return runner(plan, members, keys, examples_seen)
 
 
 class Evaluator:

@@ -113,20 +113,33 @@ class DataParallel:
     return (f"data-parallel over {self.size} devices (batch {batch_size}"
             + (f" padded to {padded})" if padded != batch_size else ")"))
 
-  def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  def batch_sharding_of(self, member_axis: bool) -> NamedSharding:
+    """How a batch is split: along its examples, axis 0, or axis 1 behind a member axis."""
+    spec = PartitionSpec(None, DATA_AXIS) if member_axis else PartitionSpec(DATA_AXIS)
+    return NamedSharding(self.mesh, spec)
+
+  def put_batch(self, batch: dict[str, np.ndarray], member_axis: bool = False
+                ) -> dict[str, jax.Array]:
     """A host batch (the same global batch on every host) as global arrays split over the
-    devices along axis 0, padded with masked examples to a multiple of the device count.
+    devices along its examples (axis 0, or axis 1 where a sweep's members each have their
+    own batch), padded with masked examples to a multiple of the device count.
 
     A batch that needs no padding and had no mask gets none, so the step it runs is the
     single-device one. Each host transfers only the rows its own devices hold.
     """
+    if member_axis:  # examples first, for the padding
+      batch = {k: np.moveaxis(v, 1, 0) for k, v in batch.items()}
     padded = self.padded_size(len(batch["label"]))
     if padded != len(batch["label"]):
       batch = data.pad_batch(batch, padded)
     rows = padded // jax.process_count()
     start = jax.process_index() * rows
+    if member_axis:
+      batch = {k: np.moveaxis(v, 0, 1) for k, v in batch.items()}
+    sharding, axis = self.batch_sharding_of(member_axis), int(member_axis)
     return {k: jax.make_array_from_process_local_data(
-        self.batch_sharding, v[start:start + rows], v.shape) for k, v in batch.items()}
+        sharding, np.take(v, np.arange(start, start + rows), axis=axis), v.shape)
+            for k, v in batch.items()}
 
 
 def make(devices: int = 0) -> DataParallel | None:
@@ -166,10 +179,11 @@ def to_host(x: Any) -> Any:
 
 
 def jit_step(fn, dp: DataParallel | None, *, donate_state: bool = False,
-             replicate_outputs: bool = False):
+             replicate_outputs: bool = False, member_axis: bool = False):
   """`fn(state, batch, *rest)` jitted; with dp, each host batch is split over the devices
-  (`put_batch`) and, where asked, the outputs are kept replicated (the next step's state).
-  The state and keys passed in must already be replicated (`put_replicated`)."""
+  (`put_batch`; member_axis: the batch has a leading member axis) and, where asked, the
+  outputs are kept replicated (the next step's state). The state and keys passed in must
+  already be replicated (`put_replicated`)."""
   donate = (0,) if donate_state else ()
   if dp is None:
     return jax.jit(fn, donate_argnums=donate)
@@ -184,6 +198,6 @@ def jit_step(fn, dp: DataParallel | None, *, donate_state: bool = False,
 
   @functools.wraps(fn)
   def step(state, batch, *rest):
-    out = jitted(state, dp.put_batch(batch), *rest)
+    out = jitted(state, dp.put_batch(batch, member_axis), *rest)
     return jax.block_until_ready(out) if wait else out
   return step

@@ -159,50 +159,62 @@ def member_step(state: step.TrainState, alive: jax.Array, batch, key, *, model, 
   return new, alive, {**metrics, "alive": alive}
 
 
-def lock_step(members: Members, batch, keys, *, model, tx, norm) -> tuple[Members, dict]:
+def lock_step(members: Members, batch, keys, *, model, tx, norm, per_member: bool = False
+              ) -> tuple[Members, dict]:
   """One step of every member (vmapped; on CPU a loop over members): metrics with a leading
-  member axis."""
+  member axis. per_member: the batch has a leading member axis, each member its own batch."""
   one = functools.partial(member_step, model=model, tx=tx, norm=norm)
-  args = (members.state, members.alive, keys)
   if member_loop():
-    state, alive, metrics = jax.lax.map(lambda a: one(a[0], a[1], batch, a[2]), args)
+    def member(args):
+      state, alive, key, *own = args
+      return one(state, alive, own[0] if per_member else batch, key)
+    args = (members.state, members.alive, keys) + ((batch,) if per_member else ())
+    state, alive, metrics = jax.lax.map(member, args)
   else:
-    state, alive, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(
+    state, alive, metrics = jax.vmap(one, in_axes=(0, 0, 0 if per_member else None, 0))(
         members.state, members.alive, batch, keys)
   return Members(state, alive), metrics
 
 
-def window_step(members: Members, batches, keys, *, model, tx, norm) -> tuple[Members, dict]:
-  """Every member over a window of batches (each leaf W x ...), member after member: metrics
-  K x W. Each member's steps are those lock_step would take."""
+def window_step(members: Members, batches, keys, *, model, tx, norm, per_member: bool = False
+                ) -> tuple[Members, dict]:
+  """Every member over a window of batches (each leaf W x ..., or W x K x ... with
+  per_member, each member its own batches), member after member: metrics K x W. Each
+  member's steps are those lock_step would take."""
   one = functools.partial(member_step, model=model, tx=tx, norm=norm)
 
   def member(args):
-    state, alive, key = args
+    state, alive, key, *own = args
 
     def body(carry, batch):
       state, alive = carry
       state, alive, metrics = one(state, alive, batch, key)
       return (state, alive), metrics
 
-    (state, alive), metrics = jax.lax.scan(body, (state, alive), batches)
+    (state, alive), metrics = jax.lax.scan(body, (state, alive),
+                                           own[0] if per_member else batches)
     return state, alive, metrics
 
-  state, alive, metrics = jax.lax.map(member, (members.state, members.alive, keys))
+  args = (members.state, members.alive, keys)
+  if per_member:  # W x K x ... -> K x W x ...: each member scans over its own window
+    args += (jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), batches),)
+  state, alive, metrics = jax.lax.map(member, args)
   return Members(state, alive), metrics
 
 
-def make_lock_step(model, tx: optax.GradientTransformation, norm, dp=None):
+def make_lock_step(model, tx: optax.GradientTransformation, norm, dp=None,
+                   per_member: bool = False):
   """lock_step jitted, the members donated; with dp (a parallel.DataParallel), members x
   data: every member runs data-parallel over dp's devices."""
-  return parallel.jit_step(functools.partial(lock_step, model=model, tx=tx, norm=norm), dp,
-                           donate_state=True, replicate_outputs=True)
+  return parallel.jit_step(functools.partial(lock_step, model=model, tx=tx, norm=norm,
+                                             per_member=per_member), dp,
+                           donate_state=True, replicate_outputs=True, member_axis=per_member)
 
 
-def make_window_step(model, tx: optax.GradientTransformation, norm):
+def make_window_step(model, tx: optax.GradientTransformation, norm, per_member: bool = False):
   """window_step jitted, the members donated."""
-  return jax.jit(functools.partial(window_step, model=model, tx=tx, norm=norm),
-                 donate_argnums=0)
+  return jax.jit(functools.partial(window_step, model=model, tx=tx, norm=norm,
+                                   per_member=per_member), donate_argnums=0)
 
 
 def windows(batches, size: int):

@@ -44,7 +44,9 @@ def main() -> None:
   out["cnn3_batchnorm"] = compare(BASE.replace(model="cnn3", lr=0.05), synthetic(96, 40))
   # 30 over 4 devices: every batch padded with 2 masked examples; BatchNorm must ignore them.
   out["uneven_batchnorm"] = compare(BASE.replace(batch_size=30, batchnorm=True), ds)
-  out["sweep_x_data"] = compare(BASE, ds, {"dropout": (0.25, 0.5)})
+  # Members x data, each seed its own data order: batches with a member axis, split over the
+  # devices along the examples.
+  out["sweep_x_data"] = compare(BASE, ds, {"dropout": (0.25, 0.5), "seed": (1, 2)})
 
   dp = parallel.make(4)
   for n in (32, 30):

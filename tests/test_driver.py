@@ -75,7 +75,7 @@ def test_a_run_with_a_schedule_interrupted_in_epoch_2_resumes_bit_for_bit(tmp_pa
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("sweep_axes", [None, {"dropout": (0.25, 0.5)}])
+@pytest.mark.parametrize("sweep_axes", [None, {"dropout": (0.25, 0.5)}, {"seed": (1, 2)}])
 def test_a_scanned_epoch_trains_exactly_as_the_python_loop(x64, tmp_path, sweep_axes):
   # The accelerator path (dataset on the device, shuffled there, lax.scan over the steps) must
   # see the same batches in the same order with the same dropout keys, padding included.
@@ -126,7 +126,7 @@ def test_the_python_epochs_compile_their_step_once():
   plan = driver.setup(config_lib.Config(batch_size=32, epochs=2, train_limit=200),
                       synthetic(200, 50))
   members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
-  runner = epochs.make_runner(plan, members, keys, jax.random.key(0))
+  runner = epochs.make_runner(plan, members, keys)
   for epoch in (1, 2):
     for _ in runner.train(epoch):
       pass

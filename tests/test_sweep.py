@@ -17,8 +17,11 @@ from conftest import F64_ATOL, F64_RTOL, quiet, synthetic
 BASE = config_lib.Config(epochs=1, batch_size=32, eval_train=False, checkpoint=False)
 
 
-@pytest.mark.parametrize("axes", [{"dropout": (0.25, 0.5)}, {"lr": (0.05, 0.01)}])
+@pytest.mark.parametrize("axes", [{"dropout": (0.25, 0.5)}, {"lr": (0.05, 0.01)},
+                                  {"seed": (1, 2)}])
 def test_member_k_equals_a_single_run_with_its_settings(x64, axes):
+  # A seed sets initialisation, dropout and the data order: member k of a seed sweep is the
+  # run with that seed, its own batches included.
   ds = synthetic()
   result = driver.train(BASE, axes, dataset=ds, **quiet())
   (key, values), = axes.items()
@@ -61,18 +64,25 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
 
 def _lock_step_and_window(axes, n_batches, window):
   """A sweep's members after n_batches taken by lock_step one by one, and by window_step in
-  windows of `window` (the last one padded), with the losses of each."""
+  windows of `window` (the last one padded), with the losses of each. Where the seeds differ,
+  each member gets its own batches (a member axis first), as a run gives them."""
   plan = driver.setup(BASE, synthetic(), axes)
-  batches = list(data.train_batches(plan.dataset.train, BASE.batch_size, jax.random.key(0), 1,
-                                    False, masked=True))[:n_batches]
+  per_member = plan.per_member_data
+  streams = [list(data.train_batches(plan.dataset.train, BASE.batch_size, key, 1, False,
+                                     masked=True))[:n_batches]
+             for key in (plan.shuffle_keys if per_member else plan.shuffle_keys[:1])]
+  batches = ([{k: np.stack([b[k] for b in group]) for k in group[0]} for group in zip(*streams)]
+             if per_member else streams[0])
   members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
-  step, lock_losses = sweep.make_lock_step(plan.model, plan.tx, plan.norm), []
+  step = sweep.make_lock_step(plan.model, plan.tx, plan.norm, per_member=per_member)
+  lock_losses = []
   for batch in batches:
     members, metrics = step(members, batch, keys)
     lock_losses.append(metrics["loss"])
   lock = (members, np.stack(lock_losses, axis=1))
   members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
-  step, window_losses = sweep.make_window_step(plan.model, plan.tx, plan.norm), []
+  step = sweep.make_window_step(plan.model, plan.tx, plan.norm, per_member=per_member)
+  window_losses = []
   for stacked, real in sweep.windows(batches, window):
     members, metrics = step(members, stacked, keys)
     window_losses.append(np.asarray(metrics["loss"])[:, :real])
