@@ -52,6 +52,9 @@ class Config:
   lr: float = _field(0.01, "learning rate", _OPT)
   momentum: float = _field(0.5, "SGD momentum (PyTorch semantics)", _OPT)
   nesterov: bool = _field(False, "Nesterov momentum", _OPT)
+  zero_grad: bool = _field(True, "false: the optimiser sees the running sum of every gradient "
+                           "so far, as PyTorch without zero_grad() (the S2 notebook's bug, "
+                           "to reproduce it)", _OPT)
   weight_decay: float = _field(0.0, "coupled weight decay, added to the gradient (PyTorch)", _OPT)
   alpha: float = _field(0.99, "RMSprop smoothing constant (PyTorch's alpha)", _OPT)
   eps: float = _field(1e-8, "RMSprop / Adam epsilon, added after the square root", _OPT)

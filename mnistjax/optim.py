@@ -12,6 +12,7 @@ without recompiling.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -75,18 +76,38 @@ def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int = 0) -> opt
                               [warmup_steps])
 
 
-def make(name: str, schedule: optax.Schedule | None = None, **hparams
+def running_sum() -> optax.GradientTransformation:
+  """The sum of every gradient so far: what PyTorch's .grad holds when a loop never calls
+  zero_grad() (the S2 notebook), and so what its optimiser sees."""
+  def init(params):
+    return jax.tree.map(jnp.zeros_like, params)
+
+  def update(updates, total, params=None):
+    del params
+    total = jax.tree.map(jnp.add, total, updates)
+    return total, total
+  return optax.GradientTransformation(init, update)
+
+
+def make(name: str, schedule: optax.Schedule | None = None, zero_grad: bool = True, **hparams
          ) -> optax.GradientTransformation:
   """The optimiser registered under name, built from the hyperparameters it uses; with
   schedule, its updates are scaled by schedule(step) (PyTorch's LR schedulers: the momentum
-  buffer holds unscaled gradients, the step is lr * factor * buffer)."""
+  buffer holds unscaled gradients, the step is lr * factor * buffer). zero_grad=False feeds
+  it the running sum of the gradients (`running_sum`), weight decay added after the sum as
+  PyTorch does."""
   if name not in OPTIMIZERS:
     raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
   spec = OPTIMIZERS[name]
   missing = [k for k in spec.hparams if k not in hparams]
   if missing:
     raise ConfigError(f"optimizer {name!r} needs {', '.join(missing)}")
-  tx = optax.inject_hyperparams(spec.build, static_args=spec.static)(
+  build = spec.build
+  if not zero_grad:
+    @functools.wraps(spec.build)  # inject_hyperparams reads the build's parameters
+    def build(**kwargs):  # the sum first, inside: the injected state keeps its structure
+      return optax.chain(running_sum(), spec.build(**kwargs))
+  tx = optax.inject_hyperparams(build, static_args=spec.static)(
       **{k: hparams[k] for k in spec.hparams})
   return tx if schedule is None else optax.chain(tx, optax.scale_by_schedule(schedule))
 

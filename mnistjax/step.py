@@ -115,11 +115,13 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 def make_optimizer(config: Config, num_train: int) -> optax.GradientTransformation:
   """The config's optimiser, with its learning-rate schedule over the run's steps."""
   if config.schedule == "constant" and not config.warmup_epochs:
-    return optim.make(config.optimizer, **config.optimizer_hparams())
+    return optim.make(config.optimizer, zero_grad=config.zero_grad,
+                      **config.optimizer_hparams())
   steps_per_epoch = data.num_train_steps(num_train, config.batch_size, config.drop_remainder)
   schedule = optim.lr_multiplier(config.schedule, config.epochs * steps_per_epoch,
                                  round(config.warmup_epochs * steps_per_epoch))
-  return optim.make(config.optimizer, schedule=schedule, **config.optimizer_hparams())
+  return optim.make(config.optimizer, schedule=schedule, zero_grad=config.zero_grad,
+                    **config.optimizer_hparams())
 
 
 def with_hyperparameters(state: TrainState, source: TrainState) -> TrainState:

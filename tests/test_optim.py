@@ -77,6 +77,25 @@ def test_matches_pytorch_over_six_steps(name, hparams):
   np.testing.assert_allclose(p, expected, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("name,hparams", [CASES[2], CASES[5], CASES[7]])
+def test_without_zero_grad_the_optimizer_sees_the_running_sum(name, hparams):
+  """PyTorch without zero_grad(): .grad accumulates, the optimiser steps on the sum (the
+  S2 notebook); weight decay is added to that sum, not summed itself."""
+  rng = np.random.default_rng(1)
+  p0 = rng.normal(size=5)
+  grads = [rng.normal(size=5) for _ in range(5)]
+  tx = optim.make(name, zero_grad=False, **hparams)
+  p = jnp.asarray(p0, jnp.float32)
+  state = tx.init(p)
+  assert optim.injected(state).hyperparams["learning_rate"] == hparams["learning_rate"]
+  for g in grads:
+    updates, state = tx.update(jnp.asarray(g, jnp.float32), state, p)
+    p = optax.apply_updates(p, updates)
+  expected = REFERENCE[name](p0, list(np.cumsum(grads, axis=0)), lr=hparams["learning_rate"],
+                             **{k: v for k, v in hparams.items() if k != "learning_rate"})
+  np.testing.assert_allclose(p, expected, rtol=2e-5, atol=2e-6)
+
+
 def test_hyperparameters_are_state_and_can_change_without_recompiling():
   tx = optim.make("sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0, nesterov=False)
   p = jnp.ones(3)
