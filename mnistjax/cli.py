@@ -98,8 +98,10 @@ def help_text(doc: str, main_flags: list[str],
   """The program's docstring, then its own flags and the Config flags by section."""
   lines = [doc.strip(), "", "run:"] + [_flag_line(flag_values[n]) for n in main_flags]
   for section in config_lib.SECTIONS:
-    lines += ["", f"{section}:"] + [_flag_line(flag_values[f.name]) for f in config_lib.fields()
-                                    if f.metadata["section"] == section]
+    fields = [f for f in config_lib.fields() if f.metadata["section"] == section
+              and f.name in flag_values]  # a script without the Config flags lists its own
+    if fields:
+      lines += ["", f"{section}:"] + [_flag_line(flag_values[f.name]) for f in fields]
   lines += ["", "--helpfull lists every flag, JAX's and absl's included."]
   return "\n".join(lines)
 
