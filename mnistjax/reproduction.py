@@ -34,7 +34,7 @@ import numpy as np
 
 from mnistjax import checkpoint, data, driver, machine, reference, results, studies
 from mnistjax.config import Config
-from mnistjax.errors import ConfigError, WorkdirError
+from mnistjax.errors import ConfigError, Interrupted, WorkdirError
 from mnistjax.workdir import CHECKPOINTS, RESULTS, write_json
 
 # Every notebook study; the speedrun is not a notebook's.
@@ -227,10 +227,10 @@ def run_study(name: str, seeds: tuple[int, ...], workdir: pathlib.Path, datasets
                                 verify=config.verify_data)
     log(f"  {name} / {run_name}: {math.prod(len(v) for v in axes.values())} member(s) in one "
         f"program, in {workdir / run_name}")
-    result, trained = _train_or_load(config, axes, workdir / run_name, datasets[key], log)
-    if trained:
-      wall += result.summary["wall_seconds"]
-      compile_seconds += result.summary["compile_seconds"]
+    result, _ = _train_or_load(config, axes, workdir / run_name, datasets[key], log)
+    # What the run cost when it ran, whether that was now or in an earlier sitting.
+    wall += result.summary["wall_seconds"]
+    compile_seconds += result.summary["compile_seconds"]
     test_examples = len(result.predictions[0])
     for numbers in _numbers(result).values():
       variant = (studies.variant_name({k: v for k, v in numbers["settings"].items()
@@ -245,7 +245,7 @@ def run_study(name: str, seeds: tuple[int, ...], workdir: pathlib.Path, datasets
       del entry[field]
   return {"description": studies.lookup(name).description, "variants": variants,
           "test_examples": test_examples, "seconds": time.perf_counter() - t0,
-          "train_wall_seconds": wall, "compile_seconds": compile_seconds,
+          "runs_wall_seconds": wall, "compile_seconds": compile_seconds,
           "machine": machine.line(), "finished": datetime.datetime.now().isoformat("T", "seconds")}
 
 
@@ -328,7 +328,12 @@ def reproduce(names: tuple[str, ...] = STUDIES, seeds: tuple[int, ...] = SEEDS,
     left = pace * sum(estimates[n] for n in todo[i:])
     log(f"[{i + 1}/{len(todo)}] {name}: {studies.lookup(name).description}; "
         f"{_duration(time.perf_counter() - start)} so far, about {_duration(left)} left")
-    entry = run_study(name, seeds, work / name, datasets, quick, log=log)
+    try:
+      entry = run_study(name, seeds, work / name, datasets, quick, log=log)
+    except Interrupted:
+      raise Interrupted(f"interrupted in {name}; the finished studies are in {report.path}: "
+                        "run the same command again to go on (an interrupted run resumes "
+                        "from its last epoch)") from None
     entry["compared"] = compare(name, entry["variants"], entry["test_examples"])
     differing = [v for v, rows in entry["compared"].items()
                  if rows.get(headline(rows), {}).get("verdict") == "differs"]

@@ -215,8 +215,9 @@ def markdown(body: dict[str, Any]) -> str:
       "",
   ]
   machines = sorted({e["machine"] for e in done.values()})
-  total = sum(e["seconds"] for e in done.values())
-  lines += [f"Ran on: {'; '.join(machines)}. Total time {reproduction._duration(total)}.", ""]
+  total = sum(_cost(e) for e in done.values())
+  lines += [f"Ran on: {'; '.join(machines)}. The runs took {reproduction._duration(total)} "
+            "in all (process wall time, diagnosis runs included).", ""]
   missing = [n for n in reproduction.STUDIES if n not in done]
   if missing:
     lines += [f"**Not yet run:** {', '.join(missing)} (`python experiments/reproduce.py` "
@@ -238,9 +239,21 @@ def markdown(body: dict[str, Any]) -> str:
       if name.startswith("s4") and name != "s4_adam":
         lines += _f1_table(name, entry) + [""]
       lines += [f"![{name}]({FIGURES}/{name}.png)", "",
-                f"{reproduction._duration(entry['seconds'])} on {entry['machine']}, finished "
+                f"Runs: {reproduction._duration(_cost(entry))} (compiling "
+                f"{reproduction._duration(_compile(entry))}) on {entry['machine']}; reported "
                 f"{entry['finished']}.", ""]
   return "\n".join(lines)
+
+
+def _cost(entry: dict[str, Any]) -> float:
+  """The wall time of a study's runs, its diagnosis runs included."""
+  quirk = entry.get("quirk") or {}
+  return (entry.get("runs_wall_seconds", entry["seconds"])
+          + quirk.get("runs_wall_seconds", quirk.get("seconds", 0.0)))
+
+
+def _compile(entry: dict[str, Any]) -> float:
+  return entry.get("compile_seconds", 0.0) + (entry.get("quirk") or {}).get("compile_seconds", 0.0)
 
 
 def _f1_table(name: str, entry: dict[str, Any]) -> list[str]:
