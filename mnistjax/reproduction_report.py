@@ -46,6 +46,11 @@ def _table(name: str, entry: dict[str, Any]) -> list[str]:
   lines = ["| variant | number | notebook | ours mean ± std (seeds) | 95% interval | verdict "
            "| per epoch |", "|---|---|---|---|---|---|---|"]
   for variant, rows in entry["compared"].items():
+    diverged = sum(entry["variants"][variant].get("diverged", []))
+    if diverged:  # frozen at their last finite step: what they reached before diverging
+      seeds = len(entry["variants"][variant]["seeds"])
+      rows = {k: ({**r, "verdict": f"{r['verdict']}; diverged in {diverged} of {seeds} seeds"}
+                  if "verdict" in r else r) for k, r in rows.items()}
     first = True
     for key, (label, percent) in reproduction.QUANTITIES.items():
       if key not in rows:

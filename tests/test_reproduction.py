@@ -142,13 +142,14 @@ def test_markdown_shows_a_diagnosis_for_every_difference():
            "finished": "t", "variants": {
                "batchnorm=False,init=xavier_normal": {
                    "seeds": [1, 2, 3], "test_accuracy": [98.9, 98.95, 99.0],
+                   "diverged": [False, True, False],
                    "test_accuracy_by_epoch": [[96.0, 98.1, 98.4, 98.8, 98.9],
                                               [96.1, 98.2, 98.5, 98.85, 98.95],
                                               [96.2, 98.3, 98.6, 98.9, 99.0]]}}}
   entry["compared"] = reproduction.compare("s0_init", entry["variants"], 10000)
   body = {"seeds": [1, 2, 3], "quick": False, "studies": {"s0_init": entry}}
   text = reproduction_report.markdown(body)
-  assert "| differs | 4/5 inside |" in text
+  assert "| differs; diverged in 1 of 3 seeds | 4/5 inside |" in text
   assert ("ours is higher (98.95 vs 98.17). Per epoch, the notebook's test accuracy lies "
           "inside our interval at 4 of 5 epochs (outside: epoch 5).") in text
 
