@@ -148,7 +148,8 @@ def _train(config: Config, axes, out: Workdir | None, dataset, resume: bool, log
     out.write_config(config, model=plan.model, normalization=plan.norm,
                      dataset_source=plan.dataset.source, num_params=num_params,
                      train_examples=len(plan.dataset.train), test_examples=len(plan.dataset.test),
-                     sweep={k: list(v) for k, v in (axes or {}).items()})
+                     sweep={k: list(v) for k, v in (axes or {}).items()},
+                     sweep_order=list(axes or {}))  # JSON sorts keys; the order names members
   reporter.log(_first_line(plan, num_params))
   if start.resumed_line:
     reporter.log(start.resumed_line)

@@ -82,12 +82,12 @@ def load(workdir: str | os.PathLike) -> Result:
     raise ConfigError(f"{path} holds no run (no config.json); give the --workdir of a "
                       "run") from None
   config = Config(**saved["config"])
-  axes = {k: tuple(v) for k, v in saved.get("sweep", {}).items()}
+  history = read_jsonl(path / "metrics.jsonl")
+  axes = {k: tuple(saved["sweep"][k]) for k in _sweep_order(saved, history)}
   group = sweep_lib.members(config, axes or None)
   model = models.build(config.model, **config.model_settings())
   summary_path, predictions_path = path / "summary.json", path / "predictions.npy"
-  result = Result(config=config, members=group, model=model,
-                  history=read_jsonl(path / "metrics.jsonl"),
+  result = Result(config=config, members=group, model=model, history=history,
                   train_log=read_jsonl(path / "train_log.jsonl"), workdir=path,
                   summary=json.loads(summary_path.read_text()) if summary_path.exists() else None,
                   predictions=np.load(predictions_path) if predictions_path.exists() else None)
@@ -101,3 +101,14 @@ def load(workdir: str | os.PathLike) -> Result:
     finally:
       ckpt.close()
   return result
+
+
+def _sweep_order(saved: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+  """The sweep's axes in the run's order, which orders its members (config.json's "sweep" has
+  its keys sorted). A run written before "sweep_order" was kept: the order of the settings in
+  its members' names."""
+  if "sweep_order" in saved:
+    return saved["sweep_order"]
+  named = next((r["member"] for r in history if r.get("member")), "")
+  order = [part.split("=")[0] for part in named.split(",") if "=" in part]
+  return order if sorted(order) == sorted(saved.get("sweep", {})) else list(saved.get("sweep", {}))

@@ -154,3 +154,23 @@ def test_the_notebook_api_trains_returns_and_loads_results(tmp_path):
                          sweep={"dropout": (0.0, 0.5)}, dataset=ds, log=lambda line: None)
   assert [r["member"] for r in swept.final] == ["dropout=0.0", "dropout=0.5"]
   assert swept.predictions.shape == (2, 64) and swept.workdir is None
+
+
+@pytest.mark.parametrize("written_before_sweep_order", [False, True])
+def test_load_keeps_a_sweeps_member_order(tmp_path, written_before_sweep_order):
+  """config.json sorts its keys; the members' order (and so which state is whose) must not
+  follow: weight_decay before lr here."""
+  axes = {"weight_decay": (0.0, 0.1), "lr": (0.01, 0.1)}
+  result = mnistjax.train(mnistjax.Config(epochs=1, batch_size=32, train_limit=64), sweep=axes,
+                          workdir=str(tmp_path), dataset=synthetic(64, 32), log=lambda line: None)
+  if written_before_sweep_order:
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["sweep_order"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+  again = mnistjax.load(tmp_path)
+  assert [m.name for m in again.members] == [m.name for m in result.members] == [
+      "weight_decay=0.0,lr=0.01", "weight_decay=0.0,lr=0.1", "weight_decay=0.1,lr=0.01",
+      "weight_decay=0.1,lr=0.1"]
+  for k in range(4):
+    for a, b in zip(jax.tree.leaves(again.variables(k)), jax.tree.leaves(result.variables(k))):
+      np.testing.assert_array_equal(a, b)
