@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from mnistjax import cli, reproduction
+from mnistjax import cli, reproduction, reproduction_report
 
 flags.DEFINE_list("studies", list(reproduction.STUDIES), "the studies to run (default: all)")
 flags.DEFINE_list("seeds", [str(s) for s in reproduction.SEEDS], "the seeds of every variant "
@@ -43,8 +43,8 @@ def main(argv: list[str]) -> None:
     except ValueError:
       cli.fail(f"--seeds={','.join(FLAGS.seeds)}: give integers, e.g. --seeds=1,2,3")
     out = FLAGS.out or (FLAGS.workdir if FLAGS.quick else ".")
-    reproduction.reproduce(tuple(FLAGS.studies), seeds, FLAGS.workdir, out, FLAGS.quick,
-                           FLAGS.redo)
+    reproduction_report.reproduce(tuple(FLAGS.studies), seeds, FLAGS.workdir, out,
+                                  FLAGS.quick, FLAGS.redo)
 
 
 if __name__ == "__main__":

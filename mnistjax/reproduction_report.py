@@ -276,6 +276,13 @@ def _f1_table(name: str, entry: dict[str, Any]) -> list[str]:
   return lines
 
 
+def reproduce(*args, log=print, **kwargs) -> reproduction.Report:
+  """`reproduction.reproduce`, then REPRODUCTION.md and the figures from the whole report."""
+  report = reproduction.reproduce(*args, log=log, **kwargs)
+  write(report.body, report.path.parent, log=log)
+  return report
+
+
 def write(body: dict[str, Any], out: pathlib.Path, log=print) -> None:
   """REPRODUCTION.md and out/reproduction/<study>.png for every study of the report."""
   (out / FIGURES).mkdir(parents=True, exist_ok=True)

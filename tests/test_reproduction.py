@@ -79,8 +79,8 @@ def _quick_end_to_end(names, tmp_path, monkeypatch):
   monkeypatch.setitem(reference.NOTEBOOK["s2_rmsprop"], "base",
                       {"train_loss_epoch1": 1000.0, "train_loss_epoch1_sem": 0.0})
   lines = []
-  report = reproduction.reproduce(names, seeds=(1, 2), workdir=str(tmp_path / "runs"),
-                                  out=str(tmp_path), quick=True, log=lines.append)
+  report = reproduction_report.reproduce(names, seeds=(1, 2), workdir=str(tmp_path / "runs"),
+                                         out=str(tmp_path), quick=True, log=lines.append)
   body = json.loads((tmp_path / "reproduction.json").read_text())
   assert body == json.loads(json.dumps(report.body))
   assert sorted(body["studies"]) == sorted(names)
@@ -113,22 +113,22 @@ def test_quick_reproduction_end_to_end(mnist, tmp_path, monkeypatch):
   assert "Per-class F1 on the test set" in text
 
   lines.clear()  # everything is in the report: nothing runs
-  reproduction.reproduce(KINDS, seeds=(1, 2), workdir=str(tmp_path / "runs"),
-                         out=str(tmp_path), quick=True, log=lines.append)
+  reproduction_report.reproduce(KINDS, seeds=(1, 2), workdir=str(tmp_path / "runs"),
+                                out=str(tmp_path), quick=True, log=lines.append)
   assert lines[0].startswith("in ") and "(skipped)" in lines[0]
   assert not any("member(s) in one program" in line for line in lines)
 
   del body["studies"]["s4_l2"]  # as if stopped after its runs, before the report
   (tmp_path / "reproduction.json").write_text(json.dumps(body))
   lines.clear()
-  again = reproduction.reproduce(("s4_l2",), (1, 2), str(tmp_path / "runs"), str(tmp_path),
-                                 quick=True, log=lines.append)
+  again = reproduction_report.reproduce(("s4_l2",), (1, 2), str(tmp_path / "runs"),
+                                        str(tmp_path), quick=True, log=lines.append)
   assert any("finished earlier: loaded" in line for line in lines)
   assert again.body["studies"]["s4_l2"]["variants"] == report.body["studies"]["s4_l2"]["variants"]
 
   with pytest.raises(ConfigError, match="--seeds=1,2 to continue"):
-    reproduction.reproduce(("s4_l2",), (1, 2, 3), str(tmp_path / "runs"), str(tmp_path),
-                           quick=True, log=lines.append)
+    reproduction_report.reproduce(("s4_l2",), (1, 2, 3), str(tmp_path / "runs"),
+                                  str(tmp_path), quick=True, log=lines.append)
 
 
 @pytest.mark.slow
