@@ -164,22 +164,21 @@ def study_runs(name: str, seeds: tuple[int, ...], quick: bool,
 
 
 def _train_or_load(config: Config, axes: dict[str, tuple], folder: pathlib.Path,
-                   dataset: data.Dataset, log) -> tuple[results.Result, bool]:
-  """The run in folder: loaded if it finished, resumed if interrupted, else trained.
-  Returns (result, whether it trained now)."""
+                   dataset: data.Dataset, log) -> results.Result:
+  """The run in folder: loaded if it finished, resumed if interrupted, else trained."""
   if (folder / "summary.json").exists():
     saved = json.loads((folder / "config.json").read_text())
     _, refused = config.resume_changes(saved["config"])
     if refused or saved.get("sweep") != {k: list(v) for k, v in axes.items()}:
       raise WorkdirError(f"{folder} holds a run with other settings "
                          f"({', '.join(sorted(refused)) or 'seeds'}); give another --workdir, "
-                         "or --overwrite")
+                         "or move that folder aside")
     log(f"    finished earlier: loaded {folder}")
-    return results.load(folder), False
+    return results.load(folder)
   resume = checkpoint.latest_epoch(folder / CHECKPOINTS) is not None
   overwrite = not resume and any((folder / n).exists() for n in RESULTS)
   return driver.train(config, axes, str(folder), dataset, resume=resume, overwrite=overwrite,
-                      log=log), True
+                      log=log)
 
 
 def _numbers(result: results.Result) -> dict[str, dict[str, Any]]:
@@ -227,7 +226,7 @@ def run_study(name: str, seeds: tuple[int, ...], workdir: pathlib.Path, datasets
                                 verify=config.verify_data)
     log(f"  {name} / {run_name}: {math.prod(len(v) for v in axes.values())} member(s) in one "
         f"program, in {workdir / run_name}")
-    result, _ = _train_or_load(config, axes, workdir / run_name, datasets[key], log)
+    result = _train_or_load(config, axes, workdir / run_name, datasets[key], log)
     # What the run cost when it ran, whether that was now or in an earlier sitting.
     wall += result.summary["wall_seconds"]
     compile_seconds += result.summary["compile_seconds"]
