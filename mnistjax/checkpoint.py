@@ -90,11 +90,17 @@ class Checkpoints:
       self.manager.wait_until_finished()
 
   def restore(self, epoch: int, target: Any) -> tuple[Any, dict[str, Any]]:
-    """The state saved at epoch (with target's structure) and its record."""
+    """The state saved at epoch (with target's structure, in buffers of its own) and its
+    record."""
     restored = self.manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(flax.serialization.to_state_dict(target)),
         record=ocp.args.JsonRestore()))
-    return flax.serialization.from_state_dict(target, restored["state"]), restored["record"]
+    state = flax.serialization.from_state_dict(target, restored["state"])
+    # Copied: a run donates its state to every step, and orbax's restored arrays may still
+    # share host memory with its reader on CPU (orbax 0.8 / jax 0.5.3: a run resumed in a
+    # process that had trained before computed on overwritten parameters).
+    return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state), \
+        restored["record"]
 
   def close(self) -> None:
     with _disk_errors(self.directory, "finishing the last checkpoint"):
