@@ -93,6 +93,8 @@ def _diagnoses(name: str, entry: dict[str, Any]) -> list[str]:
           text += (f" The notebook's best epoch ({max(nb):.2f}) is "
                    f"{'inside' if inside else 'outside'} our interval for the best epoch "
                    f"({best[0]:.2f} – {best[1]:.2f}).")
+      if key == "train_accuracy":
+        text += _train_fit(variant, entry, rows, notebook_all.get(variant, {}))
       quirk = entry.get("quirk")
       if quirk and variant in quirk["compared"] and key in quirk["compared"][variant]:
         q = quirk["compared"][variant][key]
@@ -103,6 +105,28 @@ def _diagnoses(name: str, entry: dict[str, Any]) -> list[str]:
                     else "; that quirk does not explain it."))
       out.append(text)
   return out
+
+
+def _train_fit(variant: str, entry: dict[str, Any], rows: dict[str, Any],
+               notebook: dict[str, Any]) -> str:
+  """Where the training accuracy differs: how much closer to the training set each side
+  came (its train - test gap), and the notebook's training curve against ours per epoch."""
+  text = ""
+  test = rows.get("test_accuracy")
+  if test and test.get("notebook") is not None:
+    ours_gap = rows["train_accuracy"]["mean"] - test["mean"]
+    nb_gap = rows["train_accuracy"]["notebook"] - test["notebook"]
+    text += (f" Train minus test accuracy: ours {ours_gap:.2f}, the notebook's {nb_gap:.2f}"
+             f" (test accuracy {test['verdict']}).")
+  ours_by_epoch = entry["variants"][variant].get("train_accuracy_by_epoch")
+  if ours_by_epoch and "train_accuracy_by_epoch" in notebook:
+    curve = reproduction.curve_within(ours_by_epoch, notebook["train_accuracy_by_epoch"],
+                                      entry["test_examples"])
+    outside = [str(e + 1) for e, ok in enumerate(curve["inside"]) if not ok]
+    text += (f" Per epoch, the notebook's train accuracy lies inside our interval at "
+             f"{curve['within']} of {curve['epochs']} epochs"
+             + (f" (outside: epoch {', '.join(outside)})." if outside else "."))
+  return text
 
 
 def _figure(name: str, entry: dict[str, Any], path: pathlib.Path) -> None:

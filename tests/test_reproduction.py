@@ -142,7 +142,10 @@ def test_markdown_shows_a_diagnosis_for_every_difference():
            "finished": "t", "variants": {
                "batchnorm=False,init=xavier_normal": {
                    "seeds": [1, 2, 3], "test_accuracy": [98.9, 98.95, 99.0],
-                   "diverged": [False, True, False],
+                   "diverged": [False, True, False], "train_accuracy": [99.2, 99.25, 99.3],
+                   "train_accuracy_by_epoch": [[97.0, 98.0, 98.7, 98.9, 99.2],
+                                               [97.1, 98.1, 98.8, 99.0, 99.25],
+                                               [97.2, 98.2, 98.9, 99.1, 99.3]],
                    "test_accuracy_by_epoch": [[96.0, 98.1, 98.4, 98.8, 98.9],
                                               [96.1, 98.2, 98.5, 98.85, 98.95],
                                               [96.2, 98.3, 98.6, 98.9, 99.0]]}}}
@@ -152,6 +155,11 @@ def test_markdown_shows_a_diagnosis_for_every_difference():
   assert "| differs; diverged in 1 of 3 seeds | 4/5 inside |" in text
   assert ("ours is higher (98.95 vs 98.17). Per epoch, the notebook's test accuracy lies "
           "inside our interval at 4 of 5 epochs (outside: epoch 5).") in text
+  # The notebook's 98.75 final train accuracy lies below ours (99.25 +- 0.05, floored at the
+  # sampling error): a sentence of what was measured, its gap and its curve.
+  assert ("final train accuracy %**: ours is higher (99.25 vs 98.75). Train minus test "
+          "accuracy: ours 0.30, the notebook's 0.58 (test accuracy differs). Per epoch, the "
+          "notebook's train accuracy lies inside our interval at ") in text
 
 
 def test_command_line_errors_are_one_line(tmp_path):
