@@ -81,10 +81,7 @@ def _diagnoses(name: str, entry: dict[str, Any]) -> list[str]:
         text += f" Expected: {row['reason']}."
       curve = rows.get("curve") if key == "test_accuracy" else None
       if curve:
-        outside = [str(e + 1) for e, ok in enumerate(curve["inside"]) if not ok]
-        text += (f" Per epoch, the notebook's test accuracy lies inside our interval at "
-                 f"{curve['within']} of {curve['epochs']} epochs"
-                 + (f" (outside: epoch {', '.join(outside)})." if outside else "."))
+        text += _curve_sentence(curve, "test accuracy")
         nb = notebook_all[variant]["test_accuracy_by_epoch"]
         ours_best = [max(run) for run in entry["variants"][variant]["test_accuracy_by_epoch"]]
         best = reproduction.interval(ours_best, True, entry["test_examples"])
@@ -122,11 +119,15 @@ def _train_fit(variant: str, entry: dict[str, Any], rows: dict[str, Any],
   if ours_by_epoch and "train_accuracy_by_epoch" in notebook:
     curve = reproduction.curve_within(ours_by_epoch, notebook["train_accuracy_by_epoch"],
                                       entry["test_examples"])
-    outside = [str(e + 1) for e, ok in enumerate(curve["inside"]) if not ok]
-    text += (f" Per epoch, the notebook's train accuracy lies inside our interval at "
-             f"{curve['within']} of {curve['epochs']} epochs"
-             + (f" (outside: epoch {', '.join(outside)})." if outside else "."))
+    text += _curve_sentence(curve, "train accuracy")
   return text
+
+
+def _curve_sentence(curve: dict[str, Any], quantity: str) -> str:
+  outside = [str(e + 1) for e, ok in enumerate(curve["inside"]) if not ok]
+  return (f" Per epoch, the notebook's {quantity} lies inside our interval at "
+          f"{curve['within']} of {curve['epochs']} epochs"
+          + (f" (outside: epoch {', '.join(outside)})." if outside else "."))
 
 
 def _figure(name: str, entry: dict[str, Any], path: pathlib.Path) -> None:
