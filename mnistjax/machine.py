@@ -6,6 +6,7 @@ AVX-512, say), so every benchmark and report names the machine it ran on.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import platform
@@ -44,6 +45,43 @@ def vector_extensions() -> list[str]:
   return [ext for ext in VECTOR_EXTENSIONS if ext in flags]
 
 
+# Where the machine does not say (no sysfs, no sysconf): a common desktop/server L3.
+DEFAULT_CACHE_BYTES = 32 << 20
+
+
+@functools.cache
+def cache_sizes() -> dict[str, int]:
+  """The CPU's data and unified caches by level ("L1d", "L2", "L3": bytes of one instance, as
+  cpu0 sees it), from sysfs, else sysconf; {} where neither says."""
+  sizes: dict[str, int] = {}
+  for index in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+    try:
+      level = (index / "level").read_text().strip()
+      kind = (index / "type").read_text().strip()
+      size = (index / "size").read_text().strip()
+    except OSError:
+      continue
+    if kind == "Instruction" or not size:
+      continue
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+    sizes[f"L{level}" + ("d" if kind == "Data" else "")] = int(size.rstrip("KMG")) * scale
+  if not sizes:
+    for name, key in (("L1d", "SC_LEVEL1_DCACHE_SIZE"), ("L2", "SC_LEVEL2_CACHE_SIZE"),
+                      ("L3", "SC_LEVEL3_CACHE_SIZE")):
+      try:
+        value = os.sysconf(key)
+      except (ValueError, OSError):
+        continue
+      if value > 0:
+        sizes[name] = value
+  return sizes
+
+
+def last_level_cache_bytes() -> int:
+  """The largest cache's size (L3 on most CPUs; DEFAULT_CACHE_BYTES where none is reported)."""
+  return max(cache_sizes().values(), default=DEFAULT_CACHE_BYTES)
+
+
 def describe() -> dict[str, Any]:
   """The machine as JSON: CPU, vector extensions, cores, JAX's backend and devices."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -51,7 +89,7 @@ def describe() -> dict[str, Any]:
   return {"cpu": cpu_model(), "vector_extensions": vector_extensions(), "cores": os.cpu_count(),
           "backend": jax.default_backend(),
           "devices": sorted({d.device_kind for d in devices}), "device_count": len(devices),
-          "jax": jax.__version__}
+          "caches": dict(cache_sizes()), "jax": jax.__version__}
 
 
 def line(info: dict[str, Any] | None = None) -> str:

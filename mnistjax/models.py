@@ -13,13 +13,14 @@ by the loss; see mnistjax.parallel).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnistjax import layers
+from mnistjax import autotune, layers
 from mnistjax.errors import ConfigError
 
 
@@ -59,9 +60,9 @@ class ConvNet(nn.Module):
              and isinstance(self.dropout, (int, float)) and self.dropout == 0)
     x = x_BxHxWx1
     for i, (f, k, p) in enumerate(zip(self.features, self.kernel_sizes, self.padding), 1):
-      conv = layers.Conv2d(f, k, p, kinit, impl=layers.conv_impl(train), name=f"conv{i}")
-      x = conv(x)
-      x = post(layers.max_pool(x, 2), i) if plain else layers.max_pool(post(x, i), 2)
+      x = layers.Conv2d(f, k, p, kinit, name=f"conv{i}")(x, train)
+      pool = functools.partial(layers.max_pool, window=2, train=train, label=f"pool{i}")
+      x = post(pool(x), i) if plain else pool(post(x, i))
     x = x.reshape(x.shape[0], -1)
     x = post(layers.Dense(self.hidden, kinit, name="fc1")(x), len(self.features) + 1)
     out_init = layers.kernel_init(self.init_scheme, linear=self.linear_output_gain)
@@ -87,12 +88,12 @@ class CNN3(nn.Module):
     kinit = layers.kernel_init(self.init_scheme)
     x = x_BxHxWx1
     for i, (f, pool) in enumerate(zip(self.features, self.pools), 1):
-      x = layers.Conv2d(f, 5, 2, kinit, impl=layers.conv_impl(train), name=f"conv{i}")(x)
+      x = layers.Conv2d(f, 5, 2, kinit, name=f"conv{i}")(x, train)
       if self.batchnorm:
         x = layers.batch_norm(train, name=f"bn{i}")(x, mask=layers.example_mask(mask, x))
       x = act(x)
       if pool:
-        x = layers.max_pool(x, *pool)
+        x = layers.max_pool(x, *pool, train=train, label=f"pool{i}")
     x = layers.Dropout(self.dropout)(x.reshape(x.shape[0], -1), train)
     return jax.nn.log_softmax(layers.Dense(self.num_classes, kinit, name="fc")(x))
 
@@ -199,6 +200,51 @@ def _init(model: nn.Module, key: jax.Array, batch_size: int) -> dict:
 
 
 _compiled_init = jax.jit(_init, static_argnums=(0, 2))
+
+
+def tune(model: nn.Module, batch_size: int, eval_batch_size: int | None = None
+         ) -> list[autotune.Decision]:
+  """Inside an autotune.scope that tunes: chooses the implementation of every convolution and
+  pooling of the model, for training at batch_size (confirmed in its loss-and-gradient
+  program) and evaluation at eval_batch_size (in its forward pass), or reads them from the
+  cache; the programs traced afterwards use them. Returns the decisions ([] where tuning is
+  off)."""
+  if not autotune.active():
+    return []
+  dtype = jnp.result_type(float)
+  variables = init(model, jax.random.key(0))
+  rngs = {"dropout": jax.random.key(0)}
+
+  def apply(v, x, train):
+    if train:
+      return model.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"])[0]
+    return model.apply(v, x)
+
+  def program(batch: int, train: bool) -> autotune.Candidate:
+    """What the run spends its time in, twice in a loop as the run's window: the loss and
+    every gradient (training) or the forward pass (evaluation)."""
+    def body(carry, x):
+      if not train:
+        return carry + 1e-6 * jnp.sum(apply(variables, x + carry, False)), None
+      loss = lambda p: jnp.sum(apply({**variables, "params": p}, x + carry, True)[:, 0])  # noqa: E731
+      value, grads = jax.value_and_grad(loss)(variables["params"])
+      return carry + 1e-6 * (value + sum(jnp.sum(g) for g in jax.tree.leaves(grads))), None
+
+    def build():
+      x = jax.random.normal(jax.random.key(1), (batch, 28, 28, 1), dtype)
+      compiled = jax.jit(lambda x: jax.lax.scan(body, jnp.zeros((), dtype), x)[0]).lower(
+          jnp.stack([x, x])).compile()
+      xs = jnp.stack([x, x])
+      return lambda: compiled(xs).block_until_ready()
+    return build
+
+  decisions = []
+  for batch, train in ((batch_size, True), (eval_batch_size, False)):
+    if batch:
+      x = jax.ShapeDtypeStruct((batch, 28, 28, 1), dtype)
+      decisions += autotune.prepare(lambda v, x, train=train: apply(v, x, train), variables, x,
+                                    program=program(batch, train))
+  return decisions
 
 
 def count_params(params) -> int:

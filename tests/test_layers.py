@@ -146,9 +146,10 @@ def test_mlp_small_prelu_starts_at_minus_point_one():
 @pytest.mark.parametrize("padding", [0, 2])
 def test_patches_convolution_equals_lax_convolution(x64, padding):
   x = jax.random.normal(jax.random.key(0), (3, 12, 12, 4))
-  conv = layers.Conv2d(6, 5, padding)
+  conv = layers.Conv2d(6, 5, padding, impl="lax")
   variables = conv.init(jax.random.key(1), x)
   fast = layers.Conv2d(6, 5, padding, impl="patches").apply(variables, x)
+  assert layers.Conv2d(6, 5, padding).impl == "auto"  # in a model: what autotune picks
   assert fast.dtype == jnp.float64
   np.testing.assert_allclose(fast, conv.apply(variables, x), rtol=F64_RTOL, atol=F64_ATOL)
   assert fast.shape == (3, 8 + 2 * padding, 8 + 2 * padding, 6)
@@ -163,14 +164,14 @@ def test_sliced_patch_convolution_equals_lax_convolution_with_gradients(x64, sli
   slice_bytes = slices * per_example
   assert layers.patch_chunk(12, per_example, 0, slice_bytes) == slices
 
-  def loss(impl, chunk_bytes):
-    return lambda x, k: jnp.sum(jnp.sin(layers.conv2d(x, k, impl, chunk_bytes)))
+  def loss(impl):
+    return lambda x, k: jnp.sum(jnp.sin(layers.conv2d(x, k, impl)))
 
-  np.testing.assert_allclose(layers.conv2d(x, kernel, "patches", (0, slice_bytes)),
+  np.testing.assert_allclose(layers.conv2d(x, kernel, f"patches/{slices}"),
                              layers.conv2d(x, kernel), rtol=F64_RTOL, atol=F64_ATOL)
-  sliced = jax.grad(loss("patches", (0, slice_bytes)), (0, 1))(x, kernel)
-  whole = jax.grad(loss("patches", None), (0, 1))(x, kernel)
-  reference = jax.grad(loss("lax", None), (0, 1))(x, kernel)
+  sliced = jax.grad(loss(f"patches/{slices}"), (0, 1))(x, kernel)
+  whole = jax.grad(loss("patches"), (0, 1))(x, kernel)
+  reference = jax.grad(loss("lax"), (0, 1))(x, kernel)
   for s, w, r in zip(sliced, whole, reference):
     np.testing.assert_allclose(s, r, rtol=F64_RTOL, atol=F64_ATOL)
     np.testing.assert_allclose(w, r, rtol=F64_RTOL, atol=F64_ATOL)
@@ -200,8 +201,8 @@ def test_a_model_trains_the_same_with_sliced_patches(x64, monkeypatch):
 
     whole = jax.value_and_grad(loss)(variables["params"])
     with monkeypatch.context() as patch:
-      patch.setattr(layers, "PATCH_WHOLE_BYTES", 0)
-      patch.setattr(layers, "PATCH_CHUNK_BYTES", 1)  # one example at a time
+      patch.setattr(layers, "PATCH_WHOLE_BYTES", 1)
+      patch.setattr(layers, "PATCH_CHUNK_BYTES", 1)  # one example at a time (the fixed rule)
       sliced = jax.value_and_grad(loss)(variables["params"])
     np.testing.assert_allclose(sliced[0], whole[0], rtol=F64_RTOL)
     jax.tree.map(lambda s, w: np.testing.assert_allclose(s, w, rtol=F64_RTOL, atol=F64_ATOL),

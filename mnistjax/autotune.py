@@ -1,0 +1,307 @@
+"""Each convolution's and pooling's implementation, chosen by timing the candidates on this CPU.
+
+XLA:CPU runs the same convolution several ways at very different speeds, and which
+is fastest depends on the CPU (its caches and vector width) as much as on the shape:
+a rule tuned on one machine lost to PyTorch on another. So, like
+`torch.backends.cudnn.benchmark`, a run times each candidate once per shape
+(forward and backward, inside a `lax.scan` as the training step runs it), keeps
+the fastest, and caches the choice on disk, keyed by CPU model, jax version and
+shape: the next run on this machine reads it and times nothing.
+
+  with autotune.scope(True):                      # a run: tuning on (driver.train does this)
+    report = autotune.prepare(fn, *abstract_args) # trace fn once, time what it asks for
+    ...                                           # fn's real traces now use the choices
+
+Each layer's candidates are timed on their own; then the program that matters (the
+training step, the evaluation pass) confirms them in place, starting from the fixed
+rules and keeping a layer's own fastest only where the program gets faster (XLA fuses
+a layer with its neighbours, so alone and in place can disagree). Layers ask
+`choose(op, signature, candidates, rule, label)`: inside a scope that tunes, the
+tuned choice; else (or before `prepare`) `rule`, the fixed rule. The
+cache is `$MNISTJAX_CACHE_DIR/autotune.json` (default `~/.cache/mnistjax`); a
+corrupt one is ignored with a warning. `MNISTJAX_AUTOTUNE=0` turns tuning off for
+every run of the process (the test suite does: it would time each tiny shape).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from mnistjax import machine
+
+ENV_CACHE_DIR = "MNISTJAX_CACHE_DIR"
+ENV_AUTOTUNE = "MNISTJAX_AUTOTUNE"
+CACHE_FILE = "autotune.json"
+CACHE_VERSION = 1
+
+# A candidate: build() -> run, where run() executes the candidate once and blocks on its result.
+Candidate = Callable[[], Callable[[], Any]]
+
+
+def cache_dir() -> pathlib.Path:
+  """$MNISTJAX_CACHE_DIR, else $XDG_CACHE_HOME/mnistjax, else ~/.cache/mnistjax."""
+  if os.environ.get(ENV_CACHE_DIR):
+    return pathlib.Path(os.environ[ENV_CACHE_DIR]).expanduser()
+  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(base) / "mnistjax"
+
+
+def allowed() -> bool:
+  """False where MNISTJAX_AUTOTUNE is 0/false/off: every run of the process keeps the rules."""
+  return os.environ.get(ENV_AUTOTUNE, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def machine_key() -> str:
+  """What a timing depends on besides the shape: CPU model, jax version, backend."""
+  return f"{machine.cpu_model()} | jax {jax.__version__} | {jax.default_backend()}"
+
+
+def time_candidate(run: Callable[[], Any], budget_seconds: float = 1.0, repeats: int = 3
+                   ) -> float:
+  """The fastest of up to `repeats` timed calls of run (after one untimed call, which
+  compiles), stopping early once budget_seconds are spent."""
+  run()
+  best, spent = float("inf"), 0.0
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    best, spent = min(best, seconds), spent + seconds
+    if spent > budget_seconds:
+      break
+  return best
+
+
+class Cache:
+  """The choices measured on this machine, as one JSON file; every write is atomic."""
+
+  def __init__(self, path: pathlib.Path | str | None = None):
+    self.path = pathlib.Path(path) if path else cache_dir() / CACHE_FILE
+
+  def load(self) -> dict[str, dict[str, Any]]:
+    try:
+      data = json.loads(self.path.read_text())
+      if data.get("version") != CACHE_VERSION or not isinstance(data.get("choices"), dict):
+        raise ValueError("not an autotune cache of this version")
+      return data["choices"]
+    except FileNotFoundError:
+      return {}
+    except (OSError, ValueError, AttributeError) as e:
+      warnings.warn(f"mnistjax: ignoring the autotune cache {self.path} ({e}); the kernels "
+                    "are timed again and the file rewritten", stacklevel=2)
+      return {}
+
+  def store(self, key: str, entry: dict[str, Any]) -> None:
+    """Adds one choice (merged with what other processes wrote meanwhile). A cache that
+    can't be written only costs the next run its timing again."""
+    with contextlib.suppress(OSError):
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a corrupt file was reported when it was read
+        choices = self.load()
+      choices[key] = entry
+      with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=".autotune.",
+                                       suffix=".tmp", delete=False) as f:
+        json.dump({"version": CACHE_VERSION, "choices": choices}, f, indent=1, sort_keys=True)
+      os.replace(f.name, self.path)
+
+
+@dataclasses.dataclass
+class Decision:
+  """One shape's choice: which layers use it, and how it was made."""
+  op: str
+  signature: str
+  choice: str  # what the layer runs
+  source: str  # "timed" or "cache"
+  rule: str = ""  # what the fixed rule would run
+  fastest_alone: str = ""  # the fastest candidate timed on its own
+  layers: list[str] = dataclasses.field(default_factory=list)
+  seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per candidate, alone
+  tuning_seconds: float = 0.0  # compiling and timing every candidate
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+class Tuner:
+  """Chooses by timing, remembering every choice in the process and in the cache."""
+
+  def __init__(self, cache: Cache | None = None, timer: Callable[..., float] = time_candidate):
+    self.cache = cache or Cache()
+    self.timer = timer
+    self.choices: dict[str, Decision] = {}
+
+  def key(self, op: str, signature: str) -> str:
+    return f"{machine_key()} | {op} {signature}"
+
+  def tune(self, op: str, signature: str, candidates: dict[str, Candidate], rule: str = ""
+           ) -> Decision:
+    """The fastest candidate for this shape: from the process, the cache, or timed now."""
+    key = self.key(op, signature)
+    if key in self.choices:
+      return self.choices[key]
+    entry = self.cache.load().get(key)
+    if isinstance(entry, dict) and entry.get("choice") in candidates:
+      decision = Decision(op, signature, entry["choice"], "cache", rule, entry["choice"],
+                          seconds=entry.get("seconds", {}))
+    else:
+      start = time.perf_counter()
+      # Compiling dominates the cost and runs on one core: compile side by side, then time
+      # one candidate after another (nothing else running).
+      with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        runs = dict(zip(candidates, pool.map(lambda build: build(), candidates.values())))
+      seconds = {name: self.timer(run) for name, run in runs.items()}
+      fastest = min(seconds, key=seconds.get)
+      decision = Decision(op, signature, fastest, "timed", rule, fastest, seconds=seconds,
+                          tuning_seconds=time.perf_counter() - start)
+      self.cache.store(key, {"choice": decision.choice, "seconds": seconds})
+    self.choices[key] = decision
+    return decision
+
+  def known(self, op: str, signature: str) -> Decision | None:
+    return self.choices.get(self.key(op, signature))
+
+  def settle(self, decisions: list[Decision], program: Candidate) -> float:
+    """Confirms the choices in the whole program (a training step, say): a layer timed fastest
+    on its own can be slower in place, where XLA fuses it with its neighbours. From the
+    fixed rules, each layer whose own fastest differs is switched in turn and kept only if
+    the program gets faster by more than SETTLE_MARGIN. So the result is never slower than
+    the rules by more than the timing's noise. Cached as one entry for the program's
+    layers; returns the seconds spent (0 when cached)."""
+    key = self.key("program", " + ".join(f"{d.op} {d.signature}" for d in decisions))
+    entry = self.cache.load().get(key)
+    cached = entry.get("choices") if isinstance(entry, dict) else None
+    if isinstance(cached, list) and len(cached) == len(decisions) and all(
+        c == d.rule or c in d.seconds for c, d in zip(cached, decisions)):
+      for d, choice in zip(decisions, cached):
+        d.choice = choice
+      return 0.0
+    start = time.perf_counter()
+    for d in decisions:
+      d.choice = d.rule
+    best = self.timer(program())
+    trials = {"rules": best}
+    for d in decisions:
+      alone, rule = d.seconds.get(d.fastest_alone), d.seconds.get(d.rule)
+      if d.fastest_alone == d.rule or (rule is not None and alone is not None
+                                       and rule < alone * (1 + SETTLE_ALONE_MARGIN)):
+        continue  # not worth a compile of the program: within noise of the rule alone
+      d.choice = d.fastest_alone
+      seconds = self.timer(program())
+      trials[f"{'+'.join(d.layers) or d.op} {d.choice}"] = seconds
+      if seconds < best * (1 - SETTLE_MARGIN):
+        best = seconds
+      else:
+        d.choice = d.rule
+    self.cache.store(key, {"choices": [d.choice for d in decisions], "seconds": trials})
+    return time.perf_counter() - start
+
+
+# A layer's own fastest replaces the rule's choice only where the whole program gets faster by
+# more than this: less is within the noise of a timing on a shared machine.
+SETTLE_MARGIN = 0.03
+# Only a layer whose own fastest beats the rule's by more than this, timed alone, is tried in
+# the program (each trial compiles the program once).
+SETTLE_ALONE_MARGIN = 0.10
+
+
+@dataclasses.dataclass
+class _Scope:
+  tuner: Tuner | None  # None: the fixed rules
+  requests: dict[tuple[str, str], tuple[dict[str, Candidate], str, list[str]]] | None = None
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("autotune", default=None)
+_TUNER: Tuner | None = None  # the process's, made on first use (its cache path read then)
+
+
+def tuner() -> Tuner:
+  global _TUNER
+  if _TUNER is None:
+    _TUNER = Tuner()
+  return _TUNER
+
+
+@contextlib.contextmanager
+def scope(enabled: bool, tuner_: Tuner | None = None) -> Iterator[None]:
+  """Within it, layers use the tuned choices (enabled, on CPU, and allowed()) or the fixed
+  rules. Programs traced inside it keep their choice: a jitted function traced earlier is
+  not traced again."""
+  on = enabled and allowed() and jax.default_backend() == "cpu"
+  token = _SCOPE.set(_Scope((tuner_ or tuner()) if on else None))
+  try:
+    yield
+  finally:
+    _SCOPE.reset(token)
+
+
+def active() -> bool:
+  current = _SCOPE.get()
+  return current is not None and current.tuner is not None
+
+
+def choose(op: str, signature: str, candidates: Callable[[], dict[str, Candidate]], rule: str,
+           label: str | None = None) -> str:
+  """The implementation a layer of this op and shape uses: the tuned one inside a scope that
+  tunes and after `prepare`, else `rule`. While `prepare` traces, the request is noted."""
+  current = _SCOPE.get()
+  if current is None or current.tuner is None:
+    return rule
+  if current.requests is not None:
+    _, _, labels = current.requests.setdefault((op, signature), (candidates(), rule, []))
+    if label and label not in labels:
+      labels.append(label)
+  decision = current.tuner.known(op, signature)
+  return decision.choice if decision else rule
+
+
+def prepare(fn: Callable[..., Any], *args: Any, program: Candidate | None = None
+            ) -> list[Decision]:
+  """Traces fn(*args) (args may be jax.ShapeDtypeStruct; nothing runs) and tunes every
+  convolution and pooling it asks for, each on its own, then (given program: builds the
+  program that matters, traced with the choices of the moment) confirms them in place
+  (Tuner.settle). Returns the decisions, in the order asked; [] outside a scope that tunes."""
+  current = _SCOPE.get()
+  if current is None or current.tuner is None:
+    return []
+  current.requests = {}
+  try:
+    # A fresh function: jax's trace cache must not skip the trace that notes the requests.
+    jax.eval_shape(lambda *a: fn(*a), *args)
+    requests = current.requests
+  finally:
+    current.requests = None
+  decisions = []
+  for (op, signature), (candidates, rule, labels) in requests.items():
+    decision = current.tuner.tune(op, signature, candidates, rule)
+    decision.layers = sorted(set(decision.layers) | set(labels))
+    decisions.append(decision)
+  if program is not None and decisions:
+    spent = current.tuner.settle(decisions, program)
+    decisions[0].tuning_seconds += spent
+  return decisions
+
+
+def describe(decisions: list[Decision]) -> str:
+  """One line: "autotune: conv1 rows, conv2 patches/16, ... (timed 5 in 3.2 s; cache PATH)"."""
+  if not decisions:
+    return "autotune: off (fixed rules)"
+  parts = [f"{'+'.join(d.layers) or d.op}{' (eval)' if 'eval' in d.signature else ''} "
+           f"{d.choice}" for d in decisions]
+  timed = [d for d in decisions if d.source == "timed"]
+  how = (f"timed {len(timed)} shapes in {sum(d.tuning_seconds for d in timed):.1f} s"
+         if timed else "all from the cache")
+  return f"autotune: {', '.join(parts)} ({how}; cache {tuner().cache.path})"
