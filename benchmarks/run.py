@@ -4,14 +4,18 @@
   MNISTJAX_DATA_DIR=../shared/data python benchmarks/run.py [--models=lenet,cnn3,mlp_deep]
       [--steps=50] [--rounds=3] [--epoch_models=lenet,mlp_deep] [--s0a] [--out=bench.json]
 
-For each model at its notebook's batch size and optimiser it prints, for JAX and for
-PyTorch eager (NCHW as the notebooks, and channels-last for the conv nets):
+The header names the CPU, its vector extensions and caches. For each model at its
+notebook's batch size and optimiser it prints, for JAX (autotuned kernels, and the fixed
+rules of --autotune=false) and for PyTorch eager (NCHW as the notebooks, and
+channels-last for the conv nets):
 steady-state training images/s, the ratio against the faster PyTorch layout, the
 compile time (JAX) or first step (PyTorch), the wall time of a whole epoch including
 the evaluation of the train and test sets, the peak resident memory of the process,
 and the fraction of this machine's fp32 matmul peak that the JAX step reaches
 (the FLOPs XLA counts in the step / step time / the peak of a large jnp matmul
-measured in the same run). With --s0a it also times the whole S0a relu run
+measured in the same run); then the autotuned step against the fixed rules, what tuning
+cost (a fresh cache unless --cache_dir) and the implementation chosen per layer
+(all of it, with every candidate's time, in the JSON). With --s0a it also times the whole S0a relu run
 (5 epochs, train and test evaluated after each), start of the process to its end:
 `experiments/run.py` against the same protocol in PyTorch.
 
@@ -36,6 +40,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -52,6 +57,8 @@ flags.DEFINE_integer("steps", 50, "timed steps per repeat (3 repeats, median)")
 flags.DEFINE_integer("rounds", 3, "interleaved rounds of every measurement (median reported)")
 flags.DEFINE_bool("s0a", False, "also time the whole S0a relu run in both frameworks")
 flags.DEFINE_string("out", None, "also write the results as JSON here")
+flags.DEFINE_string("cache_dir", None, "the autotune cache to use (default: a fresh one, so "
+                    "that the first round measures what tuning costs)")
 flags.DEFINE_string("worker", None, "internal: the measurement a child process makes")
 flags.DEFINE_string("model", None, "internal: the child's model")
 flags.DEFINE_bool("epoch", False, "internal: the child also times a whole epoch")
@@ -106,30 +113,46 @@ def worker_peak() -> dict:
 
 
 def step_flops(model, tx, norm, state, batch, key) -> float:
-  """The FLOPs XLA counts in a train step, traced with whole-batch patches: its cost analysis
-  counts a loop's body once, so the sliced convolutions (layers.patch_chunk) would be
-  undercounted; the arithmetic is the same."""
+  """The FLOPs XLA counts in a train step, traced with whole-batch patches (the fixed rule,
+  its limit out of reach): its cost analysis counts a loop's body once, so sliced
+  convolutions would be undercounted; the arithmetic is the same."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from mnistjax import layers, step  # pylint: disable=g-import-not-at-top
+  from mnistjax import autotune, layers, step  # pylint: disable=g-import-not-at-top
   saved, layers.PATCH_WHOLE_BYTES = layers.PATCH_WHOLE_BYTES, 1 << 62
   try:
-    train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm))
-    return float((train_step.lower(state, batch, key).cost_analysis() or {}).get("flops", 0.0))
+    with autotune.scope(False):
+      train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm))
+      return float((train_step.lower(state, batch, key).cost_analysis() or {}).get("flops", 0.0))
   finally:
     layers.PATCH_WHOLE_BYTES = saved
 
 
-def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
+def worker_jax(model_name: str, steps: int, epoch: bool, tuned: bool) -> dict:
   """What a run trains with: a plain run is one member, stepped on CPU in windows of
-  sweep.WINDOW_STEPS batches (sweep.window_step); seconds per step are per batch."""
+  sweep.WINDOW_STEPS batches (sweep.window_step); seconds per step are per batch. tuned: the
+  autotuned kernels (timed now, or read from the cache), else the fixed rules."""
+  from mnistjax import autotune, driver, models  # pylint: disable=g-import-not-at-top
+  config = protocol(model_name).replace(devices=1, autotune=tuned)
+  dataset, _ = load(config)
+  plan = driver.setup(config, dataset)
+  with autotune.scope(tuned):
+    start = time.perf_counter()
+    decisions = models.tune(plan.model, config.batch_size, plan.eval_batch_size)
+    tuning_seconds = time.perf_counter() - start
+    result = _time_jax(plan, dataset, steps, epoch)
+  kernels = [{"layers": d.layers, "signature": d.signature, "choice": d.choice,
+              "source": d.source, "seconds": d.seconds} for d in decisions]
+  return {**result, "kernels": kernels, "tuning_seconds": tuning_seconds,
+          "timed_shapes": sum(d.source == "timed" for d in decisions)}
+
+
+def _time_jax(plan, dataset, steps: int, epoch: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mnistjax import data, driver, epochs, step, sweep  # pylint: disable=g-import-not-at-top
-  config = protocol(model_name).replace(devices=1)
-  dataset, norm = load(config)
-  plan = driver.setup(config, dataset)
+  from mnistjax import data, epochs, step, sweep  # pylint: disable=g-import-not-at-top
+  config = plan.config
   members, keys = sweep.init(plan.model, plan.group, len(dataset.train))
   b = config.batch_size
   w = min(steps, sweep.WINDOW_STEPS)  # fewer only for a quick check (the tests)
@@ -239,7 +262,8 @@ def main(argv):
   del argv
   if FLAGS.worker:
     result = {"peak": worker_peak,
-              "jax": lambda: worker_jax(FLAGS.model, FLAGS.steps, FLAGS.epoch),
+              "jax": lambda: worker_jax(FLAGS.model, FLAGS.steps, FLAGS.epoch, True),
+              "jax_rules": lambda: worker_jax(FLAGS.model, FLAGS.steps, FLAGS.epoch, False),
               "torch": lambda: worker_torch(FLAGS.model, FLAGS.steps, FLAGS.epoch, False),
               "torch_cl": lambda: worker_torch(FLAGS.model, FLAGS.steps, FLAGS.epoch, True),
               "torch_s0a": worker_torch_s0a}[FLAGS.worker]()
@@ -250,15 +274,24 @@ def main(argv):
   except ImportError:
     sys.exit("benchmarks/run.py: error: PyTorch is not installed; run "
              "python -m pip install -e \".[bench]\"")
+  from mnistjax import autotune  # pylint: disable=g-import-not-at-top
+  fresh = None
+  if FLAGS.cache_dir:
+    os.environ[autotune.ENV_CACHE_DIR] = FLAGS.cache_dir
+  else:
+    fresh = tempfile.TemporaryDirectory(prefix="mnistjax-bench-autotune-")
+    os.environ[autotune.ENV_CACHE_DIR] = fresh.name
   peak, _ = child("--worker=peak")
-  print(f"{machine.line(peak['machine'])}; fp32 matmul peak (jnp 4096^3): "
-        f"{peak['gflops']:.1f} GFLOP/s (figures on another CPU differ)")
+  caches = ", ".join(f"{k} {v >> 10} KiB" for k, v in peak["machine"]["caches"].items())
+  print(f"{machine.line(peak['machine'])}; caches {caches or 'not reported'}; fp32 matmul "
+        f"peak (jnp 4096^3): {peak['gflops']:.1f} GFLOP/s (figures on another CPU differ)")
   results = {"machine": peak["machine"], "peak": peak, "models": {}}
   header = (f"{'model':<9} {'impl':<12} {'batch':>5} {'img/s':>8} {'ratio':>6} {'compile/1st':>11} "
             f"{'epoch s':>8} {'test %':>7} {'RSS MB':>7} {'of peak':>7}")
   print(header)
   for model in FLAGS.models:
-    impls = ["jax", "torch"] + (["torch_cl"] if model != "mlp_deep" else [])
+    # jax: autotuned kernels; jax_rules: the fixed rules (--autotune=false).
+    impls = ["jax", "jax_rules", "torch"] + (["torch_cl"] if model != "mlp_deep" else [])
     rounds = {impl: [] for impl in impls}
     for r in range(FLAGS.rounds):  # interleaved: a drift of the machine hits every impl alike
       for impl in impls:
@@ -271,39 +304,54 @@ def main(argv):
       rows[impl] = {**runs[0], "seconds_per_step": statistics.median(per_round),
                     "rounds_seconds_per_step": per_round}
     # Each round's faster PyTorch layout; ratios are paired within rounds (paired_ratio).
-    best_torch = [min(r["rounds_seconds_per_step"][i] for k, r in rows.items() if k != "jax")
-                  for i in range(FLAGS.rounds)]
+    best_torch = [min(r["rounds_seconds_per_step"][i] for k, r in rows.items()
+                      if k.startswith("torch")) for i in range(FLAGS.rounds)]
     for impl, r in rows.items():
       r["images_per_second"] = r["batch_size"] / r["seconds_per_step"]
       r["ratio_vs_best_torch"], r["rounds_ratio_vs_best_torch"] = paired_ratio(
           best_torch, r["rounds_seconds_per_step"])
-      if impl == "jax":
+      if impl.startswith("jax"):
         r["fraction_of_peak"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9 / peak["gflops"]
       first = r.get("compile_seconds", r.get("first_step_seconds"))
       print(f"{model:<9} {impl:<12} {r['batch_size']:>5} {r['images_per_second']:8.0f} "
             f"{r['ratio_vs_best_torch']:6.2f} {first:11.2f} "
             f"{r.get('epoch_seconds', float('nan')):8.1f} "
             f"{r.get('epoch_test_accuracy', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} "
-            + (f"{r['fraction_of_peak']:7.1%}" if impl == "jax" else f"{'':>7}"), flush=True)
+            + (f"{r['fraction_of_peak']:7.1%}" if impl.startswith("jax") else f"{'':>7}"),
+            flush=True)
+    tuned, _ = paired_ratio(rows["jax_rules"]["rounds_seconds_per_step"],
+                            rows["jax"]["rounds_seconds_per_step"])
+    first = rows["jax"]
+    print(f"{'':<9} autotuned / fixed rules: {tuned:.2f}x; tuning cost {first['tuning_seconds']:.1f}"
+          f" s ({first['timed_shapes']} shapes timed in round 1, later rounds read the cache); "
+          + ", ".join(f"{'+'.join(k['layers'])}{' (eval)' if k['signature'].startswith('eval') else ''}"
+                      f" {k['choice']}" for k in first["kernels"]), flush=True)
+    rows["autotuned_vs_rules"] = tuned
     results["models"][model] = rows
   if FLAGS.s0a:
-    walls = {"jax": [], "torch": []}
+    walls = {"jax": [], "jax_rules": [], "torch": []}
+    s0a = ["experiments/run.py", "--model=lenet", "--activation=relu", "--checkpoint=false"]
     for _ in range(FLAGS.rounds):
-      jax_run, wall = whole_run(["experiments/run.py", "--model=lenet", "--activation=relu",
-                                 "--checkpoint=false"])
+      jax_run, wall = whole_run(s0a)  # the cache holds LeNet's kernels from the first round
       walls["jax"].append(wall)
+      _, wall = whole_run(s0a + ["--autotune=false"])
+      walls["jax_rules"].append(wall)
       torch_run, wall = child("--worker=torch_s0a")
       walls["torch"].append(wall)
-    jax_wall, torch_wall = statistics.median(walls["jax"]), statistics.median(walls["torch"])
+    medians = {k: statistics.median(v) for k, v in walls.items()}
     ratio, ratios = paired_ratio(walls["torch"], walls["jax"])
-    results["s0a"] = {"jax_seconds": jax_wall, "torch_seconds": torch_wall, "ratio": ratio,
-                      "rounds_ratio": ratios, "rounds_seconds": walls, "jax_final": jax_run["output"],
+    rules_ratio, rules_ratios = paired_ratio(walls["torch"], walls["jax_rules"])
+    results["s0a"] = {"jax_seconds": medians["jax"], "jax_rules_seconds": medians["jax_rules"],
+                      "torch_seconds": medians["torch"], "ratio": ratio, "rounds_ratio": ratios,
+                      "rules_ratio": rules_ratio, "rounds_rules_ratio": rules_ratios,
+                      "rounds_seconds": walls, "jax_final": jax_run["output"],
                       "torch_test_accuracy": torch_run["test_accuracy"],
                       "torch_peak_rss_mb": torch_run["peak_rss_mb"]}
     print(f"S0a relu, whole run (5 epochs + train/test evaluation each, process start to end), "
-          f"median of {FLAGS.rounds}: mnistjax {jax_wall:.1f} s, PyTorch {torch_wall:.1f} s, "
-          f"ratio {ratio:.2f} (median of the rounds' ratios); PyTorch final test accuracy "
-          f"{torch_run['test_accuracy'][-1]:.2f}%; mnistjax: {jax_run['output']}")
+          f"median of {FLAGS.rounds}: mnistjax {medians['jax']:.1f} s (fixed rules "
+          f"{medians['jax_rules']:.1f} s), PyTorch {medians['torch']:.1f} s, ratio {ratio:.2f} "
+          f"(fixed rules {rules_ratio:.2f}; medians of the rounds' ratios); PyTorch final test "
+          f"accuracy {torch_run['test_accuracy'][-1]:.2f}%; mnistjax: {jax_run['output']}")
   if FLAGS.out:
     pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=2) + "\n")
 
