@@ -238,23 +238,27 @@ def _tuning_program(body: Callable[[jax.Array, tuple], jax.Array], shapes: tuple
   return build
 
 
-def _conv_tuning(x_shape, kernel_shape, dtype, train: bool):
-  """The tuner's candidates: forward and backward in training, forward only in evaluation."""
+def _tuning(fn: Callable[..., jax.Array], shapes: tuple, dtype, impls: Callable[[], list[str]],
+            train: bool):
+  """The tuner's candidates of one op, fn(impl, *args), one per impl: forward and backward in
+  training, forward only in evaluation."""
   def candidate(impl):
     def body(carry, args):
-      x, kernel = args
+      first, *rest = args
+      def op(*a):
+        return fn(impl, *a)
       if not train:  # sums: XLA would compute only the elements a slice reads
-        return carry + 1e-6 * jnp.sum(conv2d(x + carry, kernel, impl))
-      y, vjp = jax.vjp(lambda a, k: conv2d(a, k, impl), x + carry, kernel)
-      dx, dk = vjp(y)
-      return carry + 1e-6 * (jnp.sum(dx) + jnp.sum(dk))
+        return carry + 1e-6 * jnp.sum(op(first + carry, *rest))
+      y, vjp = jax.vjp(op, first + carry, *rest)
+      return carry + 1e-6 * sum(jnp.sum(g) for g in vjp(y))
     return body
+  return lambda: {impl: _tuning_program(candidate(impl), shapes, dtype) for impl in impls()}
 
-  def candidates():
-    shapes = (x_shape, kernel_shape)
-    return {impl: _tuning_program(candidate(impl), shapes, dtype) for impl in conv_candidates(
-        x_shape, kernel_shape, jnp.dtype(dtype).itemsize, train)}
-  return candidates
+
+def _conv_tuning(x_shape, kernel_shape, dtype, train: bool):
+  return _tuning(lambda impl, x, k: conv2d(x, k, impl), (x_shape, kernel_shape), dtype,
+                 lambda: conv_candidates(x_shape, kernel_shape, jnp.dtype(dtype).itemsize, train),
+                 train)
 
 
 def conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, impl: str = "lax",
@@ -341,19 +345,9 @@ def pool_rule(shape, window: int, stride: int) -> str:
 
 
 def _pool_tuning(shape, dtype, window: int, stride: int, train: bool):
-  def candidate(impl):
-    def body(carry, args):
-      if not train:  # sums: XLA would compute only the elements a slice reads
-        return carry + 1e-6 * jnp.sum(max_pool(args[0] + carry, window, stride, impl))
-      y, vjp = jax.vjp(lambda a: max_pool(a, window, stride, impl), args[0] + carry)
-      dx, = vjp(y)
-      return carry + 1e-6 * jnp.sum(dx)
-    return body
-
-  def candidates():
-    impls = (["reshape"] if _tiles(shape, window, stride) else []) + ["separable", "window"]
-    return {impl: _tuning_program(candidate(impl), (shape,), dtype) for impl in impls}
-  return candidates
+  impls = (["reshape"] if _tiles(shape, window, stride) else []) + ["separable", "window"]
+  return _tuning(lambda impl, x: max_pool(x, window, stride, impl), (shape,), dtype,
+                 lambda: impls, train)
 
 
 def max_pool(x_BxHxWxC: jax.Array, window: int, stride: int | None = None, impl: str = "auto",
