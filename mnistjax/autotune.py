@@ -163,13 +163,24 @@ class Tuner:
       # one candidate after another (nothing else running).
       with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         runs = dict(zip(candidates, pool.map(lambda build: build(), candidates.values())))
-      seconds = {name: self.timer(run) for name, run in runs.items()}
+      seconds = self.interleaved(runs)
       fastest = min(seconds, key=seconds.get)
       decision = Decision(op, signature, fastest, "timed", rule, fastest, seconds=seconds,
                           tuning_seconds=time.perf_counter() - start)
       self.cache.store(key, {"choice": decision.choice, "seconds": seconds})
     self.choices[key] = decision
     return decision
+
+  def interleaved(self, runs: dict[str, Callable[[], Any]]) -> dict[str, float]:
+    """Each run's best time over TIMING_ROUNDS rounds, the runs taking turns (a, b, a, b):
+    this VM has bursts of a second or so in which everything runs up to 2x slower, and a
+    burst only ever lengthens a time, so the best of interleaved rounds compares the runs
+    at the same speed of the machine, where timing one after the other could not."""
+    seconds = {name: float("inf") for name in runs}
+    for _ in range(TIMING_ROUNDS):
+      for name, run in runs.items():
+        seconds[name] = min(seconds[name], self.timer(run))
+    return seconds
 
   def known(self, op: str, signature: str) -> Decision | None:
     return self.choices.get(self.key(op, signature))
@@ -192,18 +203,22 @@ class Tuner:
     start = time.perf_counter()
     for d in decisions:
       d.choice = d.rule
-    best = self.timer(program())
-    trials = {"rules": best}
+    best_run = program()
+    trials = {}
     for d in decisions:
       alone, rule = d.seconds.get(d.fastest_alone), d.seconds.get(d.rule)
       if d.fastest_alone == d.rule or (rule is not None and alone is not None
                                        and rule < alone * (1 + SETTLE_ALONE_MARGIN)):
         continue  # not worth a compile of the program: within noise of the rule alone
       d.choice = d.fastest_alone
-      seconds = self.timer(program())
-      trials[f"{'+'.join(d.layers) or d.op} {d.choice}"] = seconds
-      if seconds < best * (1 - SETTLE_MARGIN):
-        best = seconds
+      trial_run = program()
+      # The program so far against it with this layer switched, side by side (interleaved):
+      # compared with a time taken earlier, a burst of slowness then makes the trial win.
+      times = self.interleaved({"best": best_run, "trial": trial_run})
+      name = f"{'+'.join(d.layers) or d.op} {d.choice}"
+      trials[name] = {"without": times["best"], "with": times["trial"]}
+      if times["trial"] < times["best"] * (1 - SETTLE_MARGIN):
+        best_run = trial_run
       else:
         d.choice = d.rule
     self.cache.store(key, {"choices": [d.choice for d in decisions], "seconds": trials})
@@ -213,6 +228,8 @@ class Tuner:
 # A layer's own fastest replaces the rule's choice only where the whole program gets faster by
 # more than this: less is within the noise of a timing on a shared machine.
 SETTLE_MARGIN = 0.03
+# Rounds of interleaved timing (Tuner.interleaved): each candidate's time is its best of these.
+TIMING_ROUNDS = 3
 # Only a layer whose own fastest beats the rule's by more than this, timed alone, is tried in
 # the program (each trial compiles the program once).
 SETTLE_ALONE_MARGIN = 0.10

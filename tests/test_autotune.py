@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -59,7 +60,10 @@ def test_in_place_a_layer_keeps_the_rule_unless_the_program_gets_faster(tmp_path
   in_place = {"conv1": +0.3, "pool1": -0.3}  # conv1's own fastest slows the program down
 
   def program(ds):
-    return lambda: lambda: 1.0 + sum(in_place[d.layers[0]] for d in ds if d.choice == "own")
+    def build():  # a program is compiled with the choices of the moment
+      seconds = 1.0 + sum(in_place[d.layers[0]] for d in ds if d.choice == "own")
+      return lambda: seconds
+    return build
 
   cache = autotune.Cache(tmp_path / "autotune.json")
   first = decisions()
@@ -72,6 +76,35 @@ def test_in_place_a_layer_keeps_the_rule_unless_the_program_gets_faster(tmp_path
   again = decisions()
   assert autotune.Tuner(cache, timer=lambda run: run()).settle(again, not_again) == 0.0
   assert [d.choice for d in again] == ["rule", "own"]
+
+
+def burst_at_first_call() -> Callable[[Callable[[], float]], float]:
+  """A timer for runs that return their own time, the first call falling in a burst of
+  slowness (this VM's are 2x for a second or so)."""
+  calls = itertools.count()
+  return lambda run: run() * (2.0 if next(calls) == 0 else 1.0)
+
+
+def test_a_burst_of_slowness_does_not_pick_the_slower_candidate(tmp_path):
+  candidates = {"a": lambda: lambda: 1.0, "b": lambda: lambda: 1.05}
+  decision = autotune.Tuner(autotune.Cache(tmp_path / "autotune.json"),
+                            timer=burst_at_first_call()).tune("conv", "x", candidates)
+  assert decision.choice == "a" and decision.seconds == {"a": 1.0, "b": 1.05}
+
+
+def test_a_burst_of_slowness_does_not_make_a_layer_switch_win(tmp_path):
+  """The program with and without a layer's switch are timed side by side: a burst during
+  the first timing of the program (the rules) must not make the switch look faster."""
+  d = autotune.Decision("conv", "x1", "own", "timed", rule="rule", fastest_alone="own",
+                        layers=["conv1"], seconds={"rule": 1.0, "own": 0.5})
+
+  def program():
+    seconds = 1.02 if d.choice == "own" else 1.0  # in place, the layer's own fastest is slower
+    return lambda: seconds
+
+  autotune.Tuner(autotune.Cache(tmp_path / "autotune.json"),
+                 timer=burst_at_first_call()).settle([d], program)
+  assert d.choice == "rule"
 
 
 def test_a_corrupt_cache_is_ignored_with_a_warning_and_rewritten(tmp_path):
