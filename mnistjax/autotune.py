@@ -254,10 +254,15 @@ def tuner() -> Tuner:
 
 @contextlib.contextmanager
 def scope(enabled: bool, tuner_: Tuner | None = None) -> Iterator[None]:
-  """Within it, layers use the tuned choices (enabled, on CPU, and allowed()) or the fixed
-  rules. Programs traced inside it keep their choice: a jitted function traced earlier is
-  not traced again."""
-  on = enabled and allowed() and jax.default_backend() == "cpu"
+  """Within it, layers use the tuned choices (enabled, on CPU, in a job of one process, and
+  allowed()) or the fixed rules. Programs traced inside it keep their choice: a jitted
+  function traced earlier is not traced again.
+
+  A job of several processes keeps the rules: every process must compile the same program
+  (its collectives pair up across hosts), and each would time its own CPU and could choose
+  otherwise."""
+  on = (enabled and allowed() and jax.default_backend() == "cpu"
+        and jax.process_count() == 1)
   token = _SCOPE.set(_Scope((tuner_ or tuner()) if on else None))
   try:
     yield

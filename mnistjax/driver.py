@@ -156,6 +156,9 @@ def _train(config: Config, axes, out: Workdir | None, dataset, resume: bool, log
   kernels = models.tune(plan.model, config.batch_size, plan.eval_batch_size)
   if autotune.active():
     reporter.log(autotune.describe(kernels))
+  elif config.autotune and jax.process_count() > 1 and jax.default_backend() == "cpu":
+    reporter.log(f"autotune: off across {jax.process_count()} processes (each would time its "
+                 "own CPU, and all must run one program): the fixed rules")
 
   runner = epochs.make_runner(plan, members, keys, start.examples_seen)
   evaluator = epochs.Evaluator(plan)

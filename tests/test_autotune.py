@@ -189,6 +189,18 @@ def test_autotune_is_off_where_the_environment_says_so(tmp_path, monkeypatch):
     assert not autotune.active()
 
 
+def test_a_job_of_several_processes_keeps_the_fixed_rules(tmp_path, monkeypatch):
+  """Each process would time its own CPU and could choose another implementation: their
+  programs, whose collectives pair up across processes, must be the same."""
+  monkeypatch.setenv(autotune.ENV_AUTOTUNE, "1")
+  tuner = autotune.Tuner(autotune.Cache(tmp_path / "c.json"))
+  with autotune.scope(True, tuner):
+    assert autotune.active()
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with autotune.scope(True, tuner):
+    assert not autotune.active()
+
+
 # ----------------------------------------------------------------------------
 # Every implementation the tuner may pick: the same values and gradients as lax.conv
 
