@@ -15,8 +15,8 @@ and the fraction of this machine's fp32 matmul peak that the JAX step reaches
 (the FLOPs XLA counts in the step / step time / the peak of a large jnp matmul
 measured in the same run); then the autotuned step against the fixed rules, what tuning
 cost (a fresh cache unless --cache_dir) and the implementation chosen per layer
-(all of it, with every candidate's time, in the JSON). With --s0a it also times the whole S0a relu run
-(5 epochs, train and test evaluated after each), start of the process to its end:
+(all of it, with every candidate's time, in the JSON). With --s0a it also times the whole
+S0a relu run (5 epochs, train and test evaluated after each), start of the process to its end:
 `experiments/run.py` against the same protocol in PyTorch.
 
 Every measurement runs in its own child process, one after another, so that peak
@@ -322,10 +322,12 @@ def main(argv):
     tuned, _ = paired_ratio(rows["jax_rules"]["rounds_seconds_per_step"],
                             rows["jax"]["rounds_seconds_per_step"])
     first = rows["jax"]
-    print(f"{'':<9} autotuned / fixed rules: {tuned:.2f}x; tuning cost {first['tuning_seconds']:.1f}"
-          f" s ({first['timed_shapes']} shapes timed in round 1, later rounds read the cache); "
-          + ", ".join(f"{'+'.join(k['layers'])}{' (eval)' if k['signature'].startswith('eval') else ''}"
-                      f" {k['choice']}" for k in first["kernels"]), flush=True)
+    choices = ", ".join(
+        f"{'+'.join(k['layers'])}{' (eval)' if k['signature'].startswith('eval') else ''} "
+        f"{k['choice']}" for k in first["kernels"])
+    print(f"{'':<9} autotuned / fixed rules: {tuned:.2f}x; tuning cost "
+          f"{first['tuning_seconds']:.1f} s ({first['timed_shapes']} shapes timed in round 1, "
+          f"later rounds read the cache); {choices}", flush=True)
     rows["autotuned_vs_rules"] = tuned
     results["models"][model] = rows
   if FLAGS.s0a:

@@ -1,0 +1,115 @@
+"""Where a model's training step goes: each convolution's forward pass, input gradient and
+kernel gradient, timed apart, for every implementation the autotuner may pick.
+
+  python benchmarks/conv_parts.py [--model=cnn3] [--batch_size=64] [--impls=patches,rows,...]
+      [--repeats=5]
+
+For each convolution of the model at the batch size (shapes found by tracing the model), and
+each implementation (default: the tuner's training candidates for that shape, and lax.conv),
+it times four programs on random inputs: the forward pass, the gradient with respect to the
+input alone, the one with respect to the kernel alone, and all three together (what a
+training step runs). Each program runs twice inside a `lax.scan`, as a step runs inside a
+window (XLA:CPU runs some forms of a convolution much slower in a loop: jax-ml/jax#12868),
+and the best of --repeats calls (fewer past 10 s) is printed in ms per iteration: this VM's
+bursts of slowness (2x for a second or so) only ever lengthen a call. The first line names
+the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from jax import lax
+
+from mnistjax import autotune, layers, machine, models
+
+flags.DEFINE_string("model", "cnn3", "model whose convolutions are timed")
+flags.DEFINE_integer("batch_size", 64, "training batch size")
+flags.DEFINE_list("impls", [], "implementations to time (default: the tuner's training "
+                  "candidates of each shape, and lax)")
+flags.DEFINE_integer("repeats", 5, "timed calls of each program (the best is printed)")
+FLAGS = flags.FLAGS
+
+
+@contextlib.contextmanager
+def recording(shapes: list[tuple[str, tuple, tuple]]):
+  """Notes (layer, x shape, kernel shape) of every convolution a model traces meanwhile."""
+  real = layers.conv2d
+
+  def spy(x, kernel, impl="lax", train=False, label=None):
+    shapes.append((label or f"conv{len(shapes) + 1}", x.shape, kernel.shape))
+    return real(x, kernel, impl, train, label)
+
+  layers.conv2d = spy
+  try:
+    yield
+  finally:
+    layers.conv2d = real
+
+
+def parts(impl: str) -> dict:
+  """The four programs of one implementation: (x, kernel, dy) -> an array to sum."""
+  def conv(x, k):
+    return layers.conv2d(x, k, impl)
+  return {
+      "forward": lambda x, k, dy: conv(x, k),
+      "input grad": lambda x, k, dy: jax.vjp(lambda a: conv(a, k), x)[1](dy)[0],
+      "kernel grad": lambda x, k, dy: jax.vjp(lambda b: conv(x, b), k)[1](dy)[0],
+      "all": lambda x, k, dy: sum(
+          jnp.sum(a) for a in (lambda y, vjp: (y, *vjp(dy)))(*jax.vjp(conv, x, k))),
+  }
+
+
+def best_ms(fn, x, k, dy) -> float:
+  def loop(x, k, dy):  # arguments, never constants (XLA would fold those while compiling)
+    def body(carry, _):
+      return carry + 1e-6 * jnp.sum(fn(x + carry, k, dy)), None
+    return lax.scan(body, jnp.zeros((), x.dtype), None, length=2)[0]
+  program = jax.jit(loop)
+  program(x, k, dy).block_until_ready()
+  best, spent = float("inf"), 0.0
+  for _ in range(FLAGS.repeats):
+    start = time.perf_counter()
+    program(x, k, dy).block_until_ready()
+    seconds = time.perf_counter() - start
+    best, spent = min(best, seconds / 2), spent + seconds
+    if spent > 10:  # lax.conv's kernel gradient in a loop: seconds a call
+      break
+  return best * 1e3
+
+
+def main(_):
+  model = models.build(FLAGS.model)
+  variables = models.init(model, jax.random.key(0))
+  shapes: list[tuple[str, tuple, tuple]] = []
+  with recording(shapes), autotune.scope(False):
+    jax.eval_shape(lambda v: model.apply(v, jnp.zeros((FLAGS.batch_size, 28, 28, 1)), train=True,
+                                         rngs={"dropout": jax.random.key(0)},
+                                         mutable=["batch_stats"]), variables)
+  print(f"{machine.line()}; {FLAGS.model} at batch {FLAGS.batch_size}: best of "
+        f"{FLAGS.repeats}, ms per iteration of a 2-step lax.scan", flush=True)
+  names = ("forward", "input grad", "kernel grad", "all")
+  print(f"{'layer':<7} {'input':<16} {'kernel':<12} {'impl':<11}" + "".join(
+      f"{n:>12}" for n in names) + f"{'GFLOP/s':>9}")
+  keys = jax.random.split(jax.random.key(1), 3)
+  for layer, x_shape, k_shape in shapes:
+    x = jax.random.normal(keys[0], x_shape)
+    k = jax.random.normal(keys[1], k_shape)
+    y_shape = (x_shape[0], x_shape[1] - k_shape[0] + 1, x_shape[2] - k_shape[1] + 1, k_shape[3])
+    dy = jax.random.normal(keys[2], y_shape)
+    flops = 2 * y_shape[0] * y_shape[1] * y_shape[2] * k_shape[0] * k_shape[1] * k_shape[2] \
+        * k_shape[3]  # one pass; the step runs three (forward, input and kernel gradient)
+    impls = FLAGS.impls or layers.conv_candidates(x_shape, k_shape, 4, True) + ["lax"]
+    for impl in impls:
+      times = [best_ms(fn, x, k, dy) for fn in parts(impl).values()]
+      print(f"{layer:<7} {'x'.join(map(str, x_shape)):<16} {'x'.join(map(str, k_shape)):<12} "
+            f"{impl:<11}" + "".join(f"{t:12.1f}" for t in times)
+            + f"{3 * flops / times[-1] / 1e6:9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
