@@ -69,11 +69,10 @@ def machine_key() -> str:
   return f"{machine.cpu_model()} | jax {jax.__version__} | {jax.default_backend()}"
 
 
-def time_candidate(run: Callable[[], Any], budget_seconds: float = 1.0, repeats: int = 3
+def time_candidate(run: Callable[[], Any], budget_seconds: float = 0.5, repeats: int = 3
                    ) -> float:
-  """The fastest of up to `repeats` timed calls of run (after one untimed call, which
-  compiles), stopping early once budget_seconds are spent."""
-  run()
+  """The fastest of up to `repeats` timed calls of run (compiled and called once already:
+  Tuner.interleaved), stopping early once budget_seconds are spent."""
   best, spent = float("inf"), 0.0
   for _ in range(repeats):
     start = time.perf_counter()
@@ -176,6 +175,8 @@ class Tuner:
     this VM has bursts of a second or so in which everything runs up to 2x slower, and a
     burst only ever lengthens a time, so the best of interleaved rounds compares the runs
     at the same speed of the machine, where timing one after the other could not."""
+    for run in runs.values():
+      run()  # untimed: a program's first call allocates its buffers
     seconds = {name: float("inf") for name in runs}
     for _ in range(TIMING_ROUNDS):
       for name, run in runs.items():
