@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnistjax import layers, models, optim
+from mnistjax import layers, machine, models, optim
 from mnistjax import step as step_lib
 
 
@@ -45,7 +45,7 @@ def main():
   ours = step_ms(models.build("lenet", dropout=0.25), tx, batch)
   with mock.patch.object(layers, "keep_mask", bernoulli_mask):
     bern = step_ms(models.build("lenet", dropout=0.25), tx, batch)
-  print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}): LeNet train step, batch 64")
+  print(f"{machine.line()}: LeNet train step, batch 64")
   print(f"  no dropout                 {none:7.2f} ms")
   print(f"  dropout 0.25, bernoulli    {bern:7.2f} ms")
   print(f"  dropout 0.25, keep_mask    {ours:7.2f} ms   ({bern / ours:.2f}x faster)")

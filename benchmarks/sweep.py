@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from mnistjax import config as config_lib
-from mnistjax import models, optim, step, sweep
+from mnistjax import machine, models, optim, step, sweep
 
 flags.DEFINE_string("model", "lenet", "model to time")
 flags.DEFINE_float("dropout", 0.25, "dropout rate of every member (0 = off)")
@@ -84,7 +84,7 @@ def main(_):
       times[key].append(run())
   t = {key: float(np.median(v)) for key, v in times.items()}
   t0 = t[("single", 1)]
-  print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.model}, batch {b}, "
+  print(f"{machine.line()}; {FLAGS.model}, batch {b}, "
         f"dropout {FLAGS.dropout}, windows of {w}; median of {FLAGS.rounds} interleaved rounds "
         f"of {FLAGS.windows * w} steps")
   print(f"single model: {t0 * 1e3:.2f} ms/step, {b / t0:.0f} img/s; sequential runs give "

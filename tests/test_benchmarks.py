@@ -61,3 +61,27 @@ def test_ratios_pair_the_rounds_before_taking_the_median():
   assert ratios == [2.0, 0.5, 2.0] and ratio == 2.0
   with pytest.raises(ValueError):
     run.paired_ratio([1.0, 2.0], [1.0])
+
+
+def script(name: str, *args: str) -> list[str]:
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args],
+                        capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc.stdout.strip().splitlines()
+
+
+def test_eval_batch_times_every_batch_size_against_the_default():
+  lines = script("eval_batch.py", "--batch_sizes=250,500", "--images=600", "--rounds=1")
+  assert "cores" in lines[0]  # the machine
+  rows = {line.split()[0]: line.split() for line in lines[2:]}
+  assert set(rows) == {"250", "500"} and rows["500"][-1] == "1.00x"
+  assert all(float(r[1]) > 0 for r in rows.values())
+
+
+def test_conv_parts_times_each_part_of_every_convolution_of_the_model():
+  lines = script("conv_parts.py", "--model=lenet", "--impls=patches", "--repeats=1")
+  rows = [line.split() for line in lines[2:]]
+  # conv1 on 64 MNIST images, conv2 on its pooled 12 x 12 maps; 4 times and a rate each.
+  assert [(r[0], r[1], r[3]) for r in rows] == [("conv1", "64x28x28x1", "patches"),
+                                                ("conv2", "64x12x12x20", "patches")]
+  assert all(len(r) == 9 and all(float(v) > 0 for v in r[4:]) for r in rows)
