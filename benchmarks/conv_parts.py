@@ -8,7 +8,9 @@ For each convolution of the model at the batch size (shapes found by tracing the
 each implementation (default: the tuner's training candidates for that shape, and lax.conv),
 it times four programs on random inputs: the forward pass, the gradient with respect to the
 input alone, the one with respect to the kernel alone, and all three together (what a
-training step runs). Each program runs twice inside a `lax.scan`, as a step runs inside a
+training step runs: the gradients of the forward's own output, so the backward waits for it
+as in a step; given an independent cotangent, XLA runs forward and backward side by side on
+the two cores and their sum measured up to 1.5x more). Each program runs twice inside a `lax.scan`, as a step runs inside a
 window (XLA:CPU runs some forms of a convolution much slower in a loop: jax-ml/jax#12868),
 and the best of --repeats calls (fewer past 10 s) is printed in ms per iteration: this VM's
 bursts of slowness (2x for a second or so) only ever lengthen a call. The first line names
@@ -59,8 +61,9 @@ def parts(impl: str) -> dict:
       "forward": lambda x, k, dy: conv(x, k),
       "input grad": lambda x, k, dy: jax.vjp(lambda a: conv(a, k), x)[1](dy)[0],
       "kernel grad": lambda x, k, dy: jax.vjp(lambda b: conv(x, b), k)[1](dy)[0],
+      # The gradients of y's own values: in a step, the backward waits for the forward.
       "all": lambda x, k, dy: sum(
-          jnp.sum(a) for a in (lambda y, vjp: (y, *vjp(dy)))(*jax.vjp(conv, x, k))),
+          jnp.sum(a) for a in (lambda y, vjp: (y, *vjp(y)))(*jax.vjp(conv, x, k))),
   }
 
 
