@@ -41,22 +41,15 @@ from typing import Any
 import jax
 
 from mnistjax import machine
+# One cache folder for downloads and choices (ENV_CACHE_DIR: re-exported, the benchmarks set it).
+from mnistjax.data import ENV_CACHE_DIR, cache_dir  # noqa: F401
 
-ENV_CACHE_DIR = "MNISTJAX_CACHE_DIR"
 ENV_AUTOTUNE = "MNISTJAX_AUTOTUNE"
 CACHE_FILE = "autotune.json"
 CACHE_VERSION = 1
 
 # A candidate: build() -> run, where run() executes the candidate once and blocks on its result.
 Candidate = Callable[[], Callable[[], Any]]
-
-
-def cache_dir() -> pathlib.Path:
-  """$MNISTJAX_CACHE_DIR, else $XDG_CACHE_HOME/mnistjax, else ~/.cache/mnistjax."""
-  if os.environ.get(ENV_CACHE_DIR):
-    return pathlib.Path(os.environ[ENV_CACHE_DIR]).expanduser()
-  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-  return pathlib.Path(base) / "mnistjax"
 
 
 def allowed() -> bool:
