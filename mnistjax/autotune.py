@@ -77,6 +77,14 @@ def time_candidate(run: Callable[[], Any], budget_seconds: float = 0.5, repeats:
   return best
 
 
+def _seconds(value: Any) -> dict[str, float]:
+  """A cache entry's time per candidate; {} where the file holds something else."""
+  if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
+                                     for k, v in value.items()):
+    return {k: float(v) for k, v in value.items()}
+  return {}
+
+
 class Cache:
   """The choices measured on this machine, as one JSON file; every write is atomic."""
 
@@ -107,8 +115,14 @@ class Cache:
       choices[key] = entry
       with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=".autotune.",
                                        suffix=".tmp", delete=False) as f:
-        json.dump({"version": CACHE_VERSION, "choices": choices}, f, indent=1, sort_keys=True)
-      os.replace(f.name, self.path)
+        try:
+          json.dump({"version": CACHE_VERSION, "choices": choices}, f, indent=1,
+                    sort_keys=True)
+          f.flush()
+          os.replace(f.name, self.path)
+        except OSError:  # a full disk, say: no half-written file left behind
+          os.unlink(f.name)
+          raise
 
 
 @dataclasses.dataclass
@@ -117,7 +131,7 @@ class Decision:
   op: str
   signature: str
   choice: str  # what the layer runs
-  source: str  # "timed" or "cache"
+  source: str  # "timed" (now), "cache" (the file) or "process" (an earlier run of this process)
   rule: str = ""  # what the fixed rule would run
   fastest_alone: str = ""  # the fastest candidate timed on its own
   layers: list[str] = dataclasses.field(default_factory=list)
@@ -146,9 +160,10 @@ class Tuner:
     if key in self.choices:
       return self.choices[key]
     entry = self.cache.load().get(key)
-    if isinstance(entry, dict) and entry.get("choice") in candidates:
-      decision = Decision(op, signature, entry["choice"], "cache", rule, entry["choice"],
-                          seconds=entry.get("seconds", {}))
+    choice = entry.get("choice") if isinstance(entry, dict) else None
+    if isinstance(choice, str) and choice in candidates:  # else (another version's): timed
+      decision = Decision(op, signature, choice, "cache", rule, choice,
+                          seconds=_seconds(entry.get("seconds")))
     else:
       start = time.perf_counter()
       # Compiling dominates the cost and runs on one core: compile side by side, then time
@@ -179,22 +194,35 @@ class Tuner:
   def known(self, op: str, signature: str) -> Decision | None:
     return self.choices.get(self.key(op, signature))
 
-  def settle(self, decisions: list[Decision], program: Candidate) -> float:
+  def settle(self, decisions: list[Decision], program: Candidate, name: str = "") -> float:
     """Confirms the choices in the whole program (a training step, say): a layer timed fastest
     on its own can be slower in place, where XLA fuses it with its neighbours. From the
     fixed rules, each layer whose own fastest differs is switched in turn and kept only if
     the program gets faster by more than SETTLE_MARGIN. So the result is never slower than
-    the rules by more than the timing's noise. Cached as one entry for the program's
-    layers; returns the seconds spent (0 when cached)."""
-    key = self.key("program", " + ".join(f"{d.op} {d.signature}" for d in decisions))
+    the rules by more than the timing's noise. Cached as one entry for the program (name: what
+    else than its layers' shapes tells it apart, e.g. the model) and its layers; returns the
+    seconds spent (0 when cached)."""
+    key = self.key("program", f"{name} | " + " + ".join(f"{d.op} {d.signature}"
+                                                         for d in decisions))
     entry = self.cache.load().get(key)
     cached = entry.get("choices") if isinstance(entry, dict) else None
     if isinstance(cached, list) and len(cached) == len(decisions) and all(
-        c == d.rule or c in d.seconds for c, d in zip(cached, decisions)):
+        isinstance(c, str) and (c == d.rule or c in d.seconds)
+        for c, d in zip(cached, decisions)):
       for d, choice in zip(decisions, cached):
         d.choice = choice
       return 0.0
     start = time.perf_counter()
+    try:
+      trials = self._settle(decisions, program)
+    except BaseException:
+      for d in decisions:  # never leave a layer on a choice that was not confirmed
+        d.choice = d.rule
+      raise
+    self.cache.store(key, {"choices": [d.choice for d in decisions], "seconds": trials})
+    return time.perf_counter() - start
+
+  def _settle(self, decisions: list[Decision], program: Candidate) -> dict[str, Any]:
     for d in decisions:
       d.choice = d.rule
     best_run = program()
@@ -215,8 +243,7 @@ class Tuner:
         best_run = trial_run
       else:
         d.choice = d.rule
-    self.cache.store(key, {"choices": [d.choice for d in decisions], "seconds": trials})
-    return time.perf_counter() - start
+    return trials
 
 
 # A layer's own fastest replaces the rule's choice only where the whole program gets faster by
@@ -284,12 +311,14 @@ def choose(op: str, signature: str, candidates: Callable[[], dict[str, Candidate
   return decision.choice if decision else rule
 
 
-def prepare(fn: Callable[..., Any], *args: Any, program: Candidate | None = None
-            ) -> list[Decision]:
+def prepare(fn: Callable[..., Any], *args: Any, program: Candidate | None = None,
+            name: str = "") -> list[Decision]:
   """Traces fn(*args) (args may be jax.ShapeDtypeStruct; nothing runs) and tunes every
   convolution and pooling it asks for, each on its own, then (given program: builds the
   program that matters, traced with the choices of the moment) confirms them in place
-  (Tuner.settle). Returns the decisions, in the order asked; [] outside a scope that tunes."""
+  (Tuner.settle; name tells the program apart in the cache). Returns what was decided, in
+  the order asked (copies: a later prepare of this process reports its own "process" source
+  and cost); [] outside a scope that tunes."""
   current = _SCOPE.get()
   if current is None or current.tuner is None:
     return []
@@ -300,15 +329,20 @@ def prepare(fn: Callable[..., Any], *args: Any, program: Candidate | None = None
     requests = current.requests
   finally:
     current.requests = None
-  decisions = []
+  decisions, earlier = [], []
   for (op, signature), (candidates, rule, labels) in requests.items():
+    earlier.append(current.tuner.known(op, signature) is not None)
     decision = current.tuner.tune(op, signature, candidates, rule)
     decision.layers = sorted(set(decision.layers) | set(labels))
     decisions.append(decision)
+  spent = 0.0
   if program is not None and decisions:
-    spent = current.tuner.settle(decisions, program)
-    decisions[0].tuning_seconds += spent
-  return decisions
+    spent = current.tuner.settle(decisions, program, name)
+  reports = [dataclasses.replace(d, source="process", tuning_seconds=0.0) if known
+             else dataclasses.replace(d) for d, known in zip(decisions, earlier)]
+  if reports:
+    reports[0].tuning_seconds += spent  # confirming in place: the program's, not one layer's
+  return reports
 
 
 def describe(decisions: list[Decision]) -> str:
@@ -317,7 +351,8 @@ def describe(decisions: list[Decision]) -> str:
     return "autotune: off (fixed rules)"
   parts = [f"{'+'.join(d.layers) or d.op}{' (eval)' if 'eval' in d.signature else ''} "
            f"{d.choice}" for d in decisions]
-  timed = [d for d in decisions if d.source == "timed"]
-  how = (f"timed {len(timed)} shapes in {sum(d.tuning_seconds for d in timed):.1f} s"
-         if timed else "all from the cache")
+  timed = sum(d.source == "timed" for d in decisions)
+  spent = sum(d.tuning_seconds for d in decisions)
+  how = (f"timed {timed} shapes in {spent:.1f} s" if timed else
+         f"confirmed in place in {spent:.1f} s" if spent else "all from the cache")
   return f"autotune: {', '.join(parts)} ({how}; cache {tuner().cache.path})"

@@ -277,7 +277,8 @@ def conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, impl: str = "lax",
   if impl == "rows":
     return _row_patch_conv(x_BxHxWxI, kernel_KxKxIxO)
   kind, _, n = impl.partition("/")
-  if kind != "patches" or (n and (not n.isdigit() or x_BxHxWxI.shape[0] % int(n))):
+  if kind != "patches" or (n and (not n.isdigit() or int(n) == 0
+                                  or x_BxHxWxI.shape[0] % int(n))):
     raise ValueError(f"convolution impl {impl!r}: one of {', '.join(CONV_IMPLS)} (N a "
                      f"divisor of the batch, {x_BxHxWxI.shape[0]})")
   if not n or int(n) == x_BxHxWxI.shape[0]:

@@ -119,6 +119,59 @@ def test_a_corrupt_cache_is_ignored_with_a_warning_and_rewritten(tmp_path):
   assert [k.endswith("pool x1") for k in entries] == [True]
 
 
+def test_a_cache_entry_of_the_wrong_types_is_timed_again(tmp_path):
+  """A hand-edited or foreign file: a choice that is not a name, times that are not numbers."""
+  path = tmp_path / "autotune.json"
+  tuner = autotune.Tuner(autotune.Cache(path))
+  key = tuner.key("conv", "x")
+  program_key = tuner.key("program", " | conv x")
+  path.write_text(json.dumps({"version": autotune.CACHE_VERSION, "choices": {
+      key: {"choice": ["a"], "seconds": [1]}, program_key: {"choices": [["a"]]}}}))
+  calls: list[str] = []
+  decision = tuner.tune("conv", "x", {"a": sleeper(0.0, calls, "a")}, rule="a")
+  assert decision.source == "timed" and set(decision.seconds) == {"a"}
+  path.write_text(json.dumps({"version": autotune.CACHE_VERSION, "choices": {
+      key: {"choice": "a", "seconds": "fast"}, program_key: {"choices": [["a"]]}}}))
+  cached = autotune.Tuner(autotune.Cache(path), timer=lambda run: 1.0).tune(
+      "conv", "x", {"a": sleeper(0.0, calls, "a")}, rule="a")
+  assert cached.source == "cache" and cached.seconds == {}
+  assert autotune.Tuner(autotune.Cache(path)).settle([cached], lambda: lambda: None) >= 0
+
+
+def test_settle_is_cached_per_program_and_never_leaves_an_unconfirmed_choice(tmp_path):
+  cache = autotune.Cache(tmp_path / "autotune.json")
+
+  def decision():
+    return autotune.Decision("conv", "x1", "own", "timed", rule="rule", fastest_alone="own",
+                             layers=["conv1"], seconds={"rule": 1.0, "own": 0.5})
+
+  def program(d, own_seconds):
+    def build():
+      seconds = own_seconds if d.choice == "own" else 1.0
+      return lambda: seconds
+    return build
+
+  relu = decision()
+  autotune.Tuner(cache, timer=lambda run: run()).settle([relu], program(relu, 0.5), "relu")
+  assert relu.choice == "own"
+  # Another program with the same layer shapes is confirmed on its own, not read back.
+  sigmoid = decision()
+  assert autotune.Tuner(cache, timer=lambda run: run()).settle(
+      [sigmoid], program(sigmoid, 2.0), "sigmoid") > 0
+  assert sigmoid.choice == "rule"
+
+  failing = decision()
+
+  def breaks():
+    if failing.choice == "own":
+      raise KeyboardInterrupt  # Ctrl-C while the trial compiles
+    return lambda: 1.0
+
+  with pytest.raises(KeyboardInterrupt):
+    autotune.Tuner(cache, timer=lambda run: run()).settle([failing], breaks, "other")
+  assert failing.choice == "rule"
+
+
 def test_a_cached_choice_that_is_no_longer_a_candidate_is_timed_again(tmp_path):
   cache = autotune.Cache(tmp_path / "autotune.json")
   calls: list[str] = []
@@ -137,6 +190,7 @@ def test_a_model_traced_in_a_tuning_scope_uses_the_tuned_choices(tmp_path, monke
                          timer=lambda run: -next(order))
   # Nothing compiled (test_the_candidates_of_a_real_shape_compile_and_run builds real ones).
   monkeypatch.setattr(layers, "_tuning_program", lambda *a: lambda: lambda: None)
+  monkeypatch.setattr(layers, "PATCH_WHOLE_BYTES", 1 << 40)  # the rule: whole patches, any CPU
   model = models.build("lenet")
   variables = models.init(model, jax.random.key(0))
   sliced: list[int] = []
@@ -155,7 +209,7 @@ def test_a_model_traced_in_a_tuning_scope_uses_the_tuned_choices(tmp_path, monke
     return list(sliced)
 
   with autotune.scope(True, tuner):
-    assert trace() == []  # before tuning: the rule (whole patches, they fit in any cache)
+    assert trace() == []  # before tuning: the rule (whole patches)
     decisions = models.tune(model, 8, 20)
     assert [d.layers for d in decisions] == [["conv1"], ["pool1"], ["conv2"], ["pool2"]] * 2
     assert [d.signature.split()[0] for d in decisions] == ["train"] * 4 + ["eval"] * 4
@@ -163,7 +217,16 @@ def test_a_model_traced_in_a_tuning_scope_uses_the_tuned_choices(tmp_path, monke
     assert [d.choice for d in decisions[:4]] == ["patches/1", "window"] * 2
     assert "autotune: conv1 patches/1, pool1 window" in autotune.describe(decisions)
     assert trace() == [1, 1]  # both convolutions one example at a time, as tuned
-    assert models.tune(model, 8, 20)[0].tuning_seconds == decisions[0].tuning_seconds  # kept
+    # Again in this process (a notebook's second run): nothing compiled or timed, and the
+    # report says so.
+    def untouchable(*a):
+      raise AssertionError("compiled or timed again")
+    monkeypatch.setattr(layers, "_tuning_program", lambda *a: untouchable)  # its build()
+    tuner.timer = untouchable
+    again = models.tune(model, 8, 20)
+    assert [d.choice for d in again] == [d.choice for d in decisions]
+    assert {d.source for d in again} == {"process"} and sum(d.tuning_seconds for d in again) == 0
+    assert "all from the cache" in autotune.describe(again) and trace() == [1, 1]
   with autotune.scope(False, tuner):
     assert models.tune(model, 8, 20) == [] and trace() == []
 
