@@ -10,8 +10,9 @@ it times four programs on random inputs: the forward pass, the gradient with res
 input alone, the one with respect to the kernel alone, and all three together (what a
 training step runs: the gradients of the forward's own output, so the backward waits for it
 as in a step; given an independent cotangent, XLA runs forward and backward side by side on
-the two cores and their sum measured up to 1.5x more). Each program runs twice inside a `lax.scan`, as a step runs inside a
-window (XLA:CPU runs some forms of a convolution much slower in a loop: jax-ml/jax#12868),
+the two cores and their sum measured up to 1.5x more). Each program runs twice inside a
+`lax.scan`, as a step runs inside a window (XLA:CPU runs some forms of a convolution much
+slower in a loop: jax-ml/jax#12868), built as the tuner builds its candidates,
 and the best of --repeats calls (fewer past 10 s) is printed in ms per iteration: this VM's
 bursts of slowness (2x for a second or so) only ever lengthen a call. The first line names
 the machine.
@@ -25,7 +26,6 @@ import time
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from jax import lax
 
 from mnistjax import autotune, layers, machine, models
 
@@ -53,33 +53,38 @@ def recording(shapes: list[tuple[str, tuple, tuple]]):
     layers.conv2d = real
 
 
-def parts(impl: str) -> dict:
-  """The four programs of one implementation: (x, kernel, dy) -> an array to sum."""
+def parts(impl: str, x_shape: tuple, k_shape: tuple, y_shape: tuple) -> list:
+  """The four programs of one implementation, built as the tuner builds its candidates
+  (layers._tuning_program: twice in a lax.scan, random arguments, never constants)."""
   def conv(x, k):
     return layers.conv2d(x, k, impl)
-  return {
-      "forward": lambda x, k, dy: conv(x, k),
-      "input grad": lambda x, k, dy: jax.vjp(lambda a: conv(a, k), x)[1](dy)[0],
-      "kernel grad": lambda x, k, dy: jax.vjp(lambda b: conv(x, b), k)[1](dy)[0],
-      # The gradients of y's own values: in a step, the backward waits for the forward.
-      "all": lambda x, k, dy: sum(
-          jnp.sum(a) for a in (lambda y, vjp: (y, *vjp(y)))(*jax.vjp(conv, x, k))),
-  }
+
+  def program(part):
+    def body(carry, args):
+      x, k, dy = args
+      return carry + 1e-6 * jnp.sum(part(x + carry, k, dy))
+    return layers._tuning_program(body, (x_shape, k_shape, y_shape), jnp.float32)
+
+  return [
+      program(lambda x, k, dy: conv(x, k)),
+      program(lambda x, k, dy: jax.vjp(lambda a: conv(a, k), x)[1](dy)[0]),
+      program(lambda x, k, dy: jax.vjp(lambda b: conv(x, b), k)[1](dy)[0]),
+      # What the tuner times for a training candidate: the gradients of the forward's own
+      # output, so the backward waits for the forward as in a step.
+      layers._tuning(lambda i, x, k: layers.conv2d(x, k, i), (x_shape, k_shape), jnp.float32,
+                     lambda: [impl], True)()[impl],
+  ]
 
 
-def best_ms(fn, x, k, dy) -> float:
-  def loop(x, k, dy):  # arguments, never constants (XLA would fold those while compiling)
-    def body(carry, _):
-      return carry + 1e-6 * jnp.sum(fn(x + carry, k, dy)), None
-    return lax.scan(body, jnp.zeros((), x.dtype), None, length=2)[0]
-  program = jax.jit(loop)
-  program(x, k, dy).block_until_ready()
+def best_ms(build) -> float:
+  run = build()
+  run()
   best, spent = float("inf"), 0.0
   for _ in range(FLAGS.repeats):
     start = time.perf_counter()
-    program(x, k, dy).block_until_ready()
+    run()
     seconds = time.perf_counter() - start
-    best, spent = min(best, seconds / 2), spent + seconds
+    best, spent = min(best, seconds / 2), spent + seconds  # 2 iterations a call
     if spent > 10:  # lax.conv's kernel gradient in a loop: seconds a call
       break
   return best * 1e3
@@ -98,17 +103,13 @@ def main(_):
   names = ("forward", "input grad", "kernel grad", "all")
   print(f"{'layer':<7} {'input':<16} {'kernel':<12} {'impl':<11}" + "".join(
       f"{n:>12}" for n in names) + f"{'GFLOP/s':>9}")
-  keys = jax.random.split(jax.random.key(1), 3)
   for layer, x_shape, k_shape in shapes:
-    x = jax.random.normal(keys[0], x_shape)
-    k = jax.random.normal(keys[1], k_shape)
     y_shape = (x_shape[0], x_shape[1] - k_shape[0] + 1, x_shape[2] - k_shape[1] + 1, k_shape[3])
-    dy = jax.random.normal(keys[2], y_shape)
     flops = 2 * y_shape[0] * y_shape[1] * y_shape[2] * k_shape[0] * k_shape[1] * k_shape[2] \
         * k_shape[3]  # one pass; the step runs three (forward, input and kernel gradient)
     impls = FLAGS.impls or layers.conv_candidates(x_shape, k_shape, 4, True) + ["lax"]
     for impl in impls:
-      times = [best_ms(fn, x, k, dy) for fn in parts(impl).values()]
+      times = [best_ms(build) for build in parts(impl, x_shape, k_shape, y_shape)]
       print(f"{layer:<7} {'x'.join(map(str, x_shape)):<16} {'x'.join(map(str, k_shape)):<12} "
             f"{impl:<11}" + "".join(f"{t:12.1f}" for t in times)
             + f"{3 * flops / times[-1] / 1e6:9.0f}", flush=True)
