@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from mnistjax import cli, driver, parallel, runner, sweep
+from mnistjax import cli, config, driver, parallel, runner
 
 flags.DEFINE_string("study", None, "a named study of the notebooks (see --list and "
                     "docs/studies.md)")
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
     return
   with cli.user_errors():
     parallel.initialize_distributed()  # a multi-host job: JAX_COORDINATOR_ADDRESS, SLURM, MPI
-    axes = sweep.parse(FLAGS.sweep)
+    axes = config.parse_sweep(FLAGS.sweep)
     if FLAGS.study:
       runner.run_study(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume,
                        sweep=axes, overwrite=FLAGS.overwrite)

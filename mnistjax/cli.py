@@ -45,10 +45,10 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib
 
 def listing() -> str:
   """The models, optimisers and studies, for --list."""
-  from mnistjax import models, optim, studies  # pylint: disable=g-import-not-at-top
+  from mnistjax import models, step, studies  # pylint: disable=g-import-not-at-top
   lines = ["models:"] + [f"  {name:<16}{spec.description}" for name, spec in models.MODELS.items()]
   lines += ["optimizers:"] + [f"  {name:<16}{', '.join(opt.hparams)}"
-                              for name, opt in optim.OPTIMIZERS.items()]
+                              for name, opt in step.OPTIMIZERS.items()]
   lines += ["studies:"] + [f"  {name:<16}{study.description} ({len(study.variants)} run(s))"
                            for name, study in studies.STUDIES.items()]
   return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The settings of a run: one typed dataclass, validated at one point, saved beside its results.
+"""The settings of a run: one typed dataclass, validated at one point, saved beside its results;
+and the members of a sweep, each a Config of its own.
 
 The command-line flags of `experiments/run.py` are generated from these fields,
 so the two can't drift apart.
@@ -7,10 +8,11 @@ so the two can't drift apart.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any
 
-from mnistjax import data, layers, models, optim
+from mnistjax import data, layers, models, step
 from mnistjax.errors import ConfigError
 
 
@@ -48,7 +50,7 @@ class Config:
   verify_data: bool = _field(True, "check the files' contents against the published dataset's "
                              "(false: train on your own IDX files)", _DATA)
   # Optimisation.
-  optimizer: str = _field("sgd", "optimiser: " + ", ".join(optim.OPTIMIZERS), _OPT)
+  optimizer: str = _field("sgd", "optimiser: " + ", ".join(step.OPTIMIZERS), _OPT)
   lr: float = _field(0.01, "learning rate", _OPT)
   momentum: float = _field(0.5, "SGD momentum (PyTorch semantics)", _OPT)
   nesterov: bool = _field(False, "Nesterov momentum", _OPT)
@@ -63,7 +65,7 @@ class Config:
   l2: float = _field(0.0, "L2 penalty in the loss: l2 / (2 m) * sum of squared weights (S4)",
                      _OPT)
   schedule: str = _field("constant", "learning-rate schedule after the warm-up: "
-                         + ", ".join(optim.SCHEDULES) + " (decays reach 0 at the last step)", _OPT)
+                         + ", ".join(step.SCHEDULES) + " (decays reach 0 at the last step)", _OPT)
   warmup_epochs: float = _field(0.0, "linear learning-rate warm-up from 0, in epochs", _OPT)
   epochs: int = _field(5, "training epochs", _OPT)
   batch_size: int = _field(64, "training batch size", _OPT)
@@ -107,8 +109,8 @@ class Config:
     choose("dataset", self.dataset, data.DATASETS)
     choose("data_source", self.data_source, data.DATA_SOURCES)
     choose("normalization", self.normalization, data.NORMALIZATION_CHOICES)
-    choose("optimizer", self.optimizer, optim.OPTIMIZERS)
-    choose("schedule", self.schedule, optim.SCHEDULES)
+    choose("optimizer", self.optimizer, step.OPTIMIZERS)
+    choose("schedule", self.schedule, step.SCHEDULES)
     choose("epoch_loop", self.epoch_loop, ("auto", "python", "scan"))
     if self.activation is not None:
       choose("activation", self.activation, layers.ACTIVATIONS)
@@ -156,12 +158,6 @@ class Config:
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
-  def optimizer_hparams(self) -> dict[str, Any]:
-    """Every optimiser hyperparameter, by the names optim.make takes."""
-    return {"learning_rate": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay, "alpha": self.alpha, "eps": self.eps,
-            "beta1": self.beta1, "beta2": self.beta2}
-
 
 # What a resumed run may change: how long and how fast it trains from here on, and how it is
 # evaluated, logged and run. Any other change (the model, the data, the batches' order, the
@@ -174,3 +170,51 @@ RESUME_MAY_CHANGE = ("epochs", "lr", "momentum", "nesterov", "weight_decay", "al
 
 def fields() -> tuple[dataclasses.Field, ...]:
   return dataclasses.fields(Config)
+
+
+# What a sweep may vary, with each value's type: values that live in the train state as
+# arrays (step.py), so that one compiled program trains every member.
+SWEEPABLE = {"dropout": float, "lr": float, "weight_decay": float, "momentum": float,
+             "l2": float, "seed": int}
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One of the K >= 1 variants of a config that a run trains together."""
+  name: str  # "dropout=0.25,seed=0"; "" for a plain run's one member
+  settings: dict[str, Any]  # the swept values
+  config: Config
+
+
+def parse_sweep(specs: list[str]) -> dict[str, tuple]:
+  """["dropout=0.25,0.5", "seed=0,1"] -> {"dropout": (0.25, 0.5), "seed": (0, 1)}."""
+  axes: dict[str, tuple] = {}
+  for spec in specs:
+    key, sep, values = spec.partition("=")
+    if not sep or not values:
+      raise ConfigError(f"--sweep={spec}: write --sweep=SETTING=V1,V2,... "
+                        f"(settings: {', '.join(SWEEPABLE)})")
+    if key not in SWEEPABLE:
+      raise ConfigError(f"--sweep={spec}: {key!r} can't be swept; choose one of: "
+                        f"{', '.join(SWEEPABLE)}")
+    if key in axes:
+      raise ConfigError(f"--sweep={spec}: {key} is swept twice")
+    try:
+      axes[key] = tuple(SWEEPABLE[key](v) for v in values.split(","))
+    except ValueError:
+      raise ConfigError(f"--sweep={spec}: values of {key} must be "
+                        f"{SWEEPABLE[key].__name__}s") from None
+  return axes
+
+
+def members(config: Config, axes: dict[str, tuple] | None = None) -> list[Member]:
+  """The product of the axes, each member's config validated; without axes, the config's
+  one member."""
+  if not axes:
+    return [Member("", {}, config.validate())]
+  out = []
+  for values in itertools.product(*axes.values()):
+    settings = dict(zip(axes, values))
+    name = ",".join(f"{k}={v}" for k, v in settings.items())
+    out.append(Member(name, settings, config.replace(**settings).validate()))
+  return out

@@ -1,38 +1,205 @@
-"""The driver: one run of K >= 1 members, from its config to its results.
+"""The training program: one run of K >= 1 members, from its config to its results.
 
-`train(config)` loads the data, builds the model, optimiser and members, resumes
-from the workdir's checkpoint where asked, evaluates before training and after
-every epoch, checkpoints each finished epoch, and returns a `Result`. A plain
-run is a sweep of one member: the same program, the same numbers.
+`train(config)` reads top to bottom: set up (the data, the model, the members and
+their optimiser), restore from the workdir's checkpoint where asked, then the
+loop (each epoch: the steps, the training loss logged every `log_every` steps,
+every member evaluated, a checkpoint), then finish (summary, figures, a
+`Result`). A plain run is a sweep of one member: the same program, the same
+numbers.
+
+How the members step (`Trainer`): on CPU one after another, each through the
+same compiled single-member step (XLA:CPU's speed depends on a step's working set
+staying in cache, and a loop inside a program slows its convolution gradients,
+jax-ml/jax#12868); on GPU/TPU all together, vmapped, and with `--epoch_loop=scan`
+(the default there) each epoch one `lax.scan` program over the dataset resident
+on the device. Every way takes the same steps on the same batches (tests).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import tqdm.auto
 
-from mnistjax import autotune, checkpoint, data, epochs, metrics, models, parallel, reporting, step
-from mnistjax import sweep as sweep_lib
+from mnistjax import checkpoint, data, metrics, models, parallel, plots, step
+from mnistjax import config as config_lib
 from mnistjax.checkpoint import Checkpoints
-from mnistjax.config import Config
-from mnistjax.errors import (ConfigError, Interrupted, MnistjaxError, NonFiniteLoss,
-                             WorkdirError)
+from mnistjax.config import Config, Member
+from mnistjax.errors import ConfigError, Interrupted, MnistjaxError, NonFiniteLoss, WorkdirError
 from mnistjax.results import Result
 from mnistjax.workdir import CHECKPOINTS, Workdir
 
 
+def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | None = None,
+          dataset: data.Dataset | None = None, *, resume: bool = False, overwrite: bool = False,
+          log: Callable[[str], None] = print) -> Result:
+  """Trains per config, evaluating before training and after every epoch.
+
+  Args:
+    config: the run's settings (validated here).
+    sweep: settings to sweep, each with its values ({"dropout": (0.25, 0.5)}); their product
+      are the members, trained together, each evaluated and reported on its own. None: the
+      config's one member.
+    workdir: where every result is written (None: nowhere, and no checkpoints). A folder
+      that holds an earlier run needs resume or overwrite.
+    dataset: data to use instead of loading config.dataset (tests, notebooks).
+    resume: continue from the workdir's last checkpoint; the settings that may change are
+      config.RESUME_MAY_CHANGE.
+    overwrite: replace the workdir's earlier run (its files are kept aside until this run
+      has a checkpoint of its own).
+    log: where the printed lines go (they are also appended to workdir/log.txt).
+
+  Returns:
+    The Result: per-epoch history, final state, test predictions, summary.
+
+  Raises:
+    ConfigError, DataError, WorkdirError: bad settings, data or folder (one line each).
+    NonFiniteLoss: every member diverged; the last finite epoch's checkpoint is kept.
+    Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept for --resume.
+  """
+  config.validate()
+  if resume and overwrite:
+    raise ConfigError("--resume continues the workdir's run and --overwrite replaces it: "
+                      "give one of them")
+  if resume and not workdir:
+    raise ConfigError("--resume needs the --workdir of the run to continue")
+  if resume and not config.checkpoint:
+    raise ConfigError("--resume continues from a checkpoint: drop --checkpoint=false")
+  # The folder first: a bad one fails before the data is loaded or anything compiles.
+  mode = "resume" if resume else "overwrite" if overwrite else "new"
+  out = Workdir(workdir, log).open(mode) if workdir else None
+  try:
+    return _train(config, sweep, dataset, out, log)
+  except KeyboardInterrupt:
+    error = Interrupted(_stopped("interrupted", out))
+    if out:
+      out.log_only(f"error: {error}")
+    raise error from None
+  except MnistjaxError as e:
+    if out:
+      out.log_only(f"error: {e}")
+    raise
+  finally:
+    if out:
+      out.close()
+
+
+def _train(config: Config, axes, dataset, out: Workdir | None, log) -> Result:
+  # -- Set up: the data, the model, the members (each its own optimiser state) and the step.
+  wall_start = time.perf_counter()
+  run = setup(config, dataset, axes, parallel.make(config.devices))  # devices before the data
+  members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
+  report = _Report(run.group, out, log)
+  start = _Start()
+  if out and out.mode == "resume":
+    members, start = _restore(run, axes, out, members, report)
+  ckpt = Checkpoints(out.path / CHECKPOINTS) if out and config.checkpoint else None
+  num_params = models.count_params(step.unstack(members.state.params, 0))
+  if out:
+    _write_config(out, run, axes, num_params)
+  report.log(_first_line(run, num_params))
+  if start.resumed_line:
+    report.log(start.resumed_line)
+  trainer = Trainer(run, members, keys, start.examples_seen)
+  eval_step = parallel.jit_step(functools.partial(step.eval_step, model=run.model,
+                                                  norm=run.norm), run.dp)
+
+  def evaluate(trainer, epoch, predictions):  # the module's, looked up now: tests replace it
+    return _evaluate(run, eval_step, trainer, epoch, predictions)
+
+  # -- The loop: an epoch of steps, its evaluation, its checkpoint. A Ctrl-C stops it between
+  # two steps (never inside a checkpoint's save), keeping the last finished epoch's checkpoint.
+  history, records = start.history, []
+  try:
+    with _StopRequest() as stop:
+      if start.epoch == 0:
+        records = evaluate(trainer, 0, predictions=config.epochs == 0)
+        history += report.epoch(records, "  (untrained)")
+      for epoch in range(start.epoch + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        with _progress(run.steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
+          for steps, interval in trainer.epoch(epoch):
+            bar.update(steps)
+            if interval:
+              report.interval(interval, bar)
+            stop.check()
+        train_seconds = time.perf_counter() - t0
+        records = evaluate(trainer, epoch, predictions=epoch == config.epochs)
+        for record in records:
+          record.update(train_seconds=train_seconds, seconds=time.perf_counter() - t0)
+        trainer.freeze(report.evaluation(records))  # a member whose evaluation is not finite
+        history += report.epoch(records)
+        if ckpt:
+          ckpt.save(epoch, trainer.members, {"epoch": epoch, "config": config.to_dict(),
+                                             "examples_seen": trainer.examples_seen})
+          out.replaced_done()
+  except (NonFiniteLoss, WorkdirError) as e:  # say what is kept, and how to go on
+    raise type(e)(f"{e}; {_stopped('stopped', out)}") from None
+  finally:
+    if ckpt:
+      ckpt.close()
+  if not records:  # resumed at the last epoch: nothing left to train
+    records = evaluate(trainer, start.epoch, predictions=True)
+
+  # -- Finish: the summary, the closing lines, the result files.
+  predictions = np.stack([r.pop("predictions") for r in records])
+  alive = np.atleast_1d(parallel.to_host(trainer.members.alive))
+  summary = _summary(run, records, history, predictions, alive)
+  summary.update(num_params=num_params, wall_seconds=time.perf_counter() - wall_start,
+                 **trainer.timing(), backend=jax.default_backend(),
+                 devices=run.dp.size if run.dp else 1)
+  if report.plain:
+    report.log(f"final test accuracy {records[-1]['test_accuracy']:.2f}%, wall "
+               f"{summary['wall_seconds']:.1f}s" + (f", results in {out.path}" if out else ""))
+  else:
+    report.log(format_table(summary["members"]))
+  if out and out.primary:
+    _write_results(out, run.dataset, summary, history, predictions, axes)
+    out.replaced_done()
+  return Result(config=config, members=run.group, model=run.model, history=history,
+                train_log=report.train_log, summary=summary, state=trainer.members.state,
+                alive=alive, predictions=predictions, workdir=out.path if out else None)
+
+
+# ----------------------------------------------------------------------------- set up
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run's constants: what every part of the program reads and none changes."""
+  config: Config
+  model: Any  # a flax.linen.Module
+  norm: tuple[float, float]
+  dataset: data.Dataset
+  group: list[Member]  # K >= 1 members, each with its own config
+  dp: parallel.DataParallel | None = None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return data.num_train_steps(len(self.dataset.train), self.config.batch_size,
+                                self.config.drop_remainder)
+
+  @property
+  def per_member_data(self) -> bool:
+    """Whether each member has its own data order: where the members' seeds differ (the seed
+    sets initialisation, dropout and shuffling); else they share every batch."""
+    return len({m.config.seed for m in self.group}) > 1
+
+
 def setup(config: Config, dataset: data.Dataset | None = None,
-          axes: dict[str, tuple] | None = None,
-          dp: parallel.DataParallel | None = None) -> epochs.Plan:
-  """A run's constants: the data (loaded unless given), the model, optimiser, normalisation
-  and members of a validated config."""
+          axes: dict[str, tuple] | None = None, dp: parallel.DataParallel | None = None) -> Run:
+  """A run's constants: the data (loaded unless given), the model, the normalisation and the
+  members of a validated config."""
   config.validate()
   if dataset is None:
     dataset = data.load(config.dataset, config.data_dir, config.data_source,
@@ -46,10 +213,522 @@ def setup(config: Config, dataset: data.Dataset | None = None,
                       f"({len(dataset.train)} examples); use --batch_size={len(dataset.train)} "
                       "or fewer")
   model = models.build(config.model, **config.model_settings())
-  tx = step.make_optimizer(config, len(dataset.train))
   norm = data.normalization(config.normalization, dataset)
-  return epochs.Plan(config, model, tx, norm, dataset, sweep_lib.members(config, axes), dp)
+  return Run(config, model, norm, dataset, config_lib.members(config, axes), dp)
 
+
+@dataclasses.dataclass
+class _Start:
+  """Where a run starts: its first epoch to train, the examples seen and history so far."""
+  epoch: int = 0
+  examples_seen: int = 0
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  resumed_line: str = ""
+
+
+def _restore(run: Run, axes, out: Workdir, fresh: step.Members, report: _Report
+             ) -> tuple[step.Members, _Start]:
+  """The members of the workdir's last checkpoint, with this config's hyperparameters; the
+  records past it dropped. Refuses a config or sweep that would mix two runs."""
+  saved = out.saved_config()
+  allowed, refused = run.config.resume_changes(saved.get("config", {}))
+  saved_axes = {k: list(v) for k, v in saved.get("sweep", {}).items()}
+  if saved_axes != {k: list(v) for k, v in (axes or {}).items()}:
+    refused["sweep"] = (saved_axes or "none", {k: list(v) for k, v in (axes or {}).items()}
+                        or "none")
+  if refused:
+    diff = ", ".join(f"{k} {_shown(a)} -> {_shown(b)}" for k, (a, b) in sorted(refused.items()))
+    raise WorkdirError(f"--resume: {out.path} holds a run with other settings ({diff}); "
+                       "those can't change when a run continues: give another --workdir, or "
+                       "--overwrite")
+  ckpt = Checkpoints(out.path / CHECKPOINTS)
+  try:
+    epoch = ckpt.latest_epoch()
+    restored, record = ckpt.restore(epoch, fresh)
+  except (ValueError, KeyError, TypeError) as e:  # a checkpoint of another structure
+    raise WorkdirError(f"--resume: the checkpoint in {out.path} does not fit this run "
+                       f"({type(e).__name__}); give another --workdir, or --overwrite") from None
+  finally:
+    ckpt.close()
+  # Hyperparameters come from the config, also where the resumed run's flags changed them.
+  members = restored.replace(state=step.with_hyperparameters(restored.state, fresh.state))
+  last_step = int(np.max(parallel.to_host(members.state.step)))
+  out.truncate_after(epoch, last_step)
+  report.train_log = out.read("train_log.jsonl")
+  line = f"resumed from the checkpoint of epoch {epoch} (step {last_step})"
+  if allowed:
+    line += "; changed since: " + ", ".join(f"{k} {_shown(a)} -> {_shown(b)}"
+                                            for k, (a, b) in sorted(allowed.items()))
+  return members, _Start(epoch, record["examples_seen"], out.read("metrics.jsonl"), line)
+
+
+def _write_config(out: Workdir, run: Run, axes, num_params: int) -> None:
+  """config.json: every setting, the model's resolved fields, and facts about the run."""
+  model_fields = {f.name: getattr(run.model, f.name) for f in dataclasses.fields(run.model)
+                  if f.name not in ("parent", "name")}
+  out.write_json("config.json", {
+      "config": run.config.to_dict(), "model": model_fields, "normalization": run.norm,
+      "dataset_source": run.dataset.source, "num_params": num_params,
+      "train_examples": len(run.dataset.train), "test_examples": len(run.dataset.test),
+      "sweep": {k: list(v) for k, v in (axes or {}).items()},
+      "sweep_order": list(axes or {}),  # JSON sorts keys; the order names the members
+      "jax_version": jax.__version__, "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()], "argv": sys.argv})
+
+
+def _first_line(run: Run, num_params: int) -> str:
+  cfg, ds, norm = run.config, run.dataset, run.norm
+  line = (f"{cfg.model} on {ds.name} ({len(ds.train)} train / {len(ds.test)} test, from "
+          f"{ds.source}): {num_params:,} parameters, normalization mean {norm[0]:.4f} std "
+          f"{norm[1]:.4f}, {cfg.optimizer} lr {cfg.lr:g}, {jax.default_backend()} backend")
+  if run.dp:
+    line += f", {run.dp.describe(cfg.batch_size)}"
+  if len(run.group) > 1 or run.group[0].settings:
+    line += f"; sweep of {len(run.group)} members in one program"
+  return line
+
+
+# ----------------------------------------------------------------------------- the steps
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  """Steps of an epoch whose training losses were pulled to the host together: per step
+  its epoch, global step and examples seen, and the loss of every member and whether the
+  member took the step (each steps x K)."""
+  rows: list[dict[str, int]]
+  losses: np.ndarray
+  alive: np.ndarray
+
+
+class Trainer:
+  """Owns the members' states and their compiled step; trains them an epoch at a time.
+
+  Its `members` (step.Members: every state stacked) is what the loop evaluates and
+  checkpoints; how the members step is its own business (see the module's docstring).
+  """
+
+  def __init__(self, run: Run, members: step.Members, keys: jax.Array, examples_seen: int):
+    self.run = run
+    self.examples_seen = examples_seen
+    self.per_member = run.per_member_data
+    self._shuffle_keys = [step.run_keys(m.config.seed)[2] for m in run.group]
+    place = run.dp.put_replicated if run.dp else lambda tree: tree
+    cpu = jax.default_backend() == "cpu"
+    loop = run.config.epoch_loop
+    self.scanned = loop == "scan" or (loop == "auto" and not cpu)
+    self.vmapped = self.scanned or not cpu
+    # The step's optimiser reads every value from the member's state (injected
+    # hyperparameters), so one optimiser, built from the first member's config, steps all.
+    tx = step.make_optimizer(run.group[0].config, run.steps_per_epoch)
+    one = functools.partial(_member_step, model=run.model, tx=tx, norm=run.norm)
+    if self.scanned:
+      self._step = jax.jit(functools.partial(
+          scan_epoch, step_fn=_vmapped(one, self.per_member), batch_size=run.config.batch_size,
+          drop_remainder=run.config.drop_remainder, per_member=self.per_member,
+          batch_sharding=run.dp.batch_sharding_of(self.per_member) if run.dp else None),
+          donate_argnums=0)
+      self._resident = place((jnp.asarray(run.dataset.train.images),
+                              jnp.asarray(run.dataset.train.labels)))
+    elif self.vmapped:
+      self._step = parallel.jit_step(_vmapped(one, self.per_member), run.dp, donate_state=True,
+                                     replicate_outputs=True, member_axis=self.per_member)
+    else:
+      self._step = parallel.jit_step(one, run.dp, donate_state=True, replicate_outputs=True)
+    self._keys = place(keys)
+    self._member_keys = [self._keys[k] for k in range(len(run.group))]
+    self._set(place(members))
+    self._compiled = False
+    self._compile_seconds = self._train_seconds = 0.0
+    self._train_images = 0
+
+  # The members, as the loop sees them: stacked. Stepped one by one, they are kept apart.
+  def _set(self, members: step.Members) -> None:
+    if self.vmapped:
+      self._members = members
+    else:
+      self._members = [(step.unstack(members.state, k), members.alive[k])
+                       for k in range(members.size)]
+
+  @property
+  def members(self) -> step.Members:
+    if self.vmapped:
+      return self._members
+    states, alive = zip(*self._members)
+    return step.Members(step.stack(list(states)), jnp.stack(alive))
+
+  def freeze(self, mask: np.ndarray) -> None:
+    """Marks members (a K bool mask) as diverged: they take no more steps."""
+    if mask.any():
+      members = self.members
+      self._set(members.replace(alive=members.alive & jnp.asarray(~mask)))
+
+  def timing(self) -> dict[str, Any]:
+    return {"compile_seconds": self._compile_seconds,
+            "train_images_per_second": (self._train_images / self._train_seconds
+                                        if self._train_seconds else None),
+            "member_images_per_second": (self._train_images / self._train_seconds
+                                         * len(self.run.group) if self._train_seconds else 0)}
+
+  def epoch(self, epoch: int) -> Iterator[tuple[int, Interval | None]]:
+    """Trains one epoch, yielding after each call of the step (steps taken, the log
+    interval it completed or None): the interval's losses are pulled to the host every
+    `log_every` steps (and at the epoch's end), not per step."""
+    if self.scanned:
+      yield from self._scanned_epoch(epoch)
+      return
+    cfg = self.run.config
+    rows, pending = [], []
+    steady_start, steady_images = time.perf_counter(), 0
+    for i, batches in enumerate(self._batches(epoch), 1):
+      size = int(batches[0]["mask"].sum())  # every member's batch holds as many examples
+      first = not self._compiled
+      if first:  # the first call compiles: its time is reported apart
+        start = time.perf_counter()
+      pending.append(self._take_step(batches))
+      if first:
+        jax.block_until_ready(pending[-1])
+        self._compile_seconds += time.perf_counter() - start
+        self._compiled = True
+        steady_start = time.perf_counter()
+      else:
+        steady_images += size
+      rows.append(self._row(epoch, i, size))
+      if i % cfg.log_every == 0 or i == self.run.steps_per_epoch:
+        losses, alive = (np.stack(x) for x in zip(*parallel.to_host(pending)))
+        yield 1, Interval(rows, losses, alive)
+        rows, pending = [], []
+      else:
+        yield 1, None
+    jax.block_until_ready(self._members)
+    self._train_seconds += time.perf_counter() - steady_start
+    self._train_images += steady_images
+
+  def _take_step(self, batches: list[data.Batch]) -> tuple[jax.Array, jax.Array]:
+    """Every member takes a step (batches: one shared batch, or one per member); returns
+    the members' losses and alive flags (K each, on the device)."""
+    if self.vmapped:
+      batch = (batches[0] if not self.per_member
+               else {k: np.stack([b[k] for b in batches]) for k in batches[0]})
+      self._members, losses, alive = self._step(self._members, batch, self._keys)
+      return losses, alive
+    if not self.per_member and not self.run.dp:  # one transfer for every member
+      batches = [jax.device_put(batches[0])]
+    out = [self._step(member, batches[k if self.per_member else 0], self._member_keys[k])
+           for k, member in enumerate(self._members)]
+    self._members = [(state, alive) for (state, alive), _ in out]
+    return jnp.stack([loss for _, loss in out]), jnp.stack([alive for (_, alive), _ in out])
+
+  def _batches(self, epoch: int) -> Iterator[list[data.Batch]]:
+    """The epoch's host batches, masked, the last one padded (one compiled step for the
+    epoch): one list per step, of one batch, or one per member in its own order."""
+    cfg = self.run.config
+    keys = self._shuffle_keys if self.per_member else self._shuffle_keys[:1]
+    streams = [data.train_batches(self.run.dataset.train, cfg.batch_size, key, epoch,
+                                  cfg.drop_remainder, masked=True) for key in keys]
+    return (list(group) for group in zip(*streams))
+
+  def _row(self, epoch: int, i: int, size: int) -> dict[str, int]:
+    self.examples_seen += size
+    return {"epoch": epoch, "step": (epoch - 1) * self.run.steps_per_epoch + i,
+            "examples_seen": self.examples_seen}
+
+  def _scanned_epoch(self, epoch: int) -> Iterator[tuple[int, Interval | None]]:
+    cfg, steps = self.run.config, self.run.steps_per_epoch
+    place = self.run.dp.put_replicated if self.run.dp else lambda tree: tree
+    args = (self._members, *self._resident, jnp.asarray(epoch, jnp.int32),
+            place(jnp.stack(self._shuffle_keys)), self._keys)
+    if not self._compiled:  # compiled ahead of the first epoch, timed on its own
+      start = time.perf_counter()
+      self._step = self._step.lower(*args).compile()
+      self._compile_seconds += time.perf_counter() - start
+      self._compiled = True
+    start = time.perf_counter()
+    self._members, (losses, alive) = self._step(*args)
+    losses, alive = map(np.asarray, parallel.to_host((losses, alive)))  # waits for the epoch
+    trained = steps * cfg.batch_size if cfg.drop_remainder else len(self.run.dataset.train)
+    self._train_seconds += time.perf_counter() - start
+    self._train_images += trained
+    sizes = [min(cfg.batch_size, trained - s * cfg.batch_size) for s in range(steps)]
+    for first in range(0, steps, cfg.log_every):
+      rows = [self._row(epoch, i, size)
+              for i, size in enumerate(sizes[first:first + cfg.log_every], first + 1)]
+      interval = Interval(rows, losses[first:first + cfg.log_every],
+                          alive[first:first + cfg.log_every])
+      yield (steps if first == 0 else 0), interval
+
+
+def _member_step(carry, batch, key, *, model, tx, norm):
+  """step.member_step over (state, alive): (state, alive), loss."""
+  state, alive, metrics = step.member_step(*carry, batch, key, model=model, tx=tx, norm=norm)
+  return (state, alive), metrics["loss"]
+
+
+def _vmapped(one, per_member: bool):
+  """one member's step over every member in one program: (Members, batch, keys) -> (Members,
+  losses, alive). per_member: the batch has a leading member axis, each member its own batch.
+  vmapped on GPU/TPU, which need the wide work; on CPU (`--epoch_loop=scan`) a loop over the
+  members, whose working set stays that of one member."""
+  def members_step(members: step.Members, batch, keys):
+    carry = (members.state, members.alive)
+    if jax.default_backend() == "cpu":
+      def member(args):
+        carry, key, *own = args
+        return one(carry, own[0] if per_member else batch, key)
+      (state, alive), losses = jax.lax.map(member, (carry, keys) + ((batch,) if per_member
+                                                                     else ()))
+    else:
+      (state, alive), losses = jax.vmap(one, in_axes=(0, 0 if per_member else None, 0))(
+          carry, batch, keys)
+    return step.Members(state, alive), losses, alive
+  return members_step
+
+
+def scan_epoch(members, images, labels, epoch, shuffle_keys, keys, *, step_fn,
+               batch_size: int, drop_remainder: bool, per_member: bool = False,
+               batch_sharding=None):
+  """One epoch as one program (the accelerator path): the dataset lives on the device as uint8,
+  the epoch is shuffled there (the order of data.epoch_permutation, from each member's key
+  with per_member, else from the first), and `lax.scan` runs step_fn over its batches, the
+  last one padded and masked as data.train_batches(masked=True) does. Returns the final
+  members, and the losses and alive flags, each steps x K."""
+  n = images.shape[0]
+  steps = data.num_train_steps(n, batch_size, drop_remainder)
+  total = steps * batch_size
+
+  def batch_indices(shuffle_key):  # steps x batch_size
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+    order = jnp.concatenate([order, jnp.zeros(max(total - n, 0), order.dtype)])[:total]
+    return order.reshape(steps, batch_size)
+
+  if per_member:  # steps x K x batch_size
+    idx = jnp.swapaxes(jax.vmap(batch_indices)(shuffle_keys), 0, 1)
+  else:
+    idx = batch_indices(shuffle_keys[0])
+  mask = (jnp.arange(total) < n).reshape(steps, batch_size)
+
+  def body(members, xs):
+    idx_t, mask_t = xs
+    batch = {"image": images[idx_t], "label": labels[idx_t].astype(jnp.int32),
+             "mask": jnp.broadcast_to(mask_t, idx_t.shape)}
+    if batch_sharding is not None:  # data-parallel: each device gathers its own rows
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    members, losses, alive = step_fn(members, batch, keys)
+    return members, (losses, alive)
+
+  return jax.lax.scan(body, members, (idx, mask))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _evaluate(run: Run, eval_step, trainer: Trainer, epoch: int, predictions: bool = False
+              ) -> list[dict[str, Any]]:
+  """One epoch record per member: its test (and train) loss and accuracy; with predictions,
+  its test predictions under "predictions"."""
+  members = trainer.members
+  steps = np.atleast_1d(parallel.to_host(members.state.step))
+  batch_size = run.config.eval_batch(jax.default_backend())
+  records = []
+  for k in range(members.size):
+    state = step.unstack(members.state, k)
+    record: dict[str, Any] = {"epoch": epoch, "step": int(steps[k]),
+                              "examples_seen": trainer.examples_seen}
+    if run.config.eval_train:
+      train = evaluate_split(eval_step, state, run.dataset.train, batch_size)
+      record.update(train_loss=train["loss"], train_accuracy=train["accuracy"])
+    test = evaluate_split(eval_step, state, run.dataset.test, batch_size, predictions)
+    record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+    if predictions:
+      record["predictions"] = test["predictions"]
+    records.append(record)
+  return records
+
+
+def evaluate_split(eval_step, state: step.TrainState, split: data.Split, batch_size: int,
+                   predictions: bool = False) -> dict[str, Any]:
+  """Mean loss and accuracy (in %) of one member's state on split, each example scored
+  once; with predictions, the predicted class of every example too."""
+  sums, predicted = [], []
+  for batch in data.eval_batches(split, batch_size):
+    out = eval_step(state, batch)
+    sums.append((out["loss_sum"], out["correct"]))
+    if predictions:  # [:n]: a data-parallel batch may come back padded
+      n = len(batch["mask"])
+      predicted.append(parallel.to_host(out["prediction"])[:n][batch["mask"]])
+  loss_sum, correct = np.sum(np.asarray(parallel.to_host(sums), np.float64), axis=0)
+  result = {"loss": float(loss_sum / len(split)), "accuracy": float(100.0 * correct / len(split))}
+  if predictions:
+    result["predictions"] = np.concatenate(predicted)
+  return result
+
+
+# ----------------------------------------------------------------------------- reporting
+
+class _Report:
+  """The printed lines and the workdir records of a run of K >= 1 members. A plain run (one
+  member, nothing swept) prints and writes its records untagged; a sweep tags each with its
+  member's name and settings. A member whose loss stops being finite is frozen and named; a
+  plain run, or a sweep whose every member diverged, stops (NonFiniteLoss)."""
+
+  def __init__(self, group: list[Member], out: Workdir | None, log: Callable[[str], None]):
+    self.group, self.out = group, out
+    self.log = out.log if out else log
+    self.plain = len(group) == 1 and not group[0].settings
+    self.frozen: dict[int, int] = {}  # member -> the step at which it stopped
+    self.train_log: list[dict[str, Any]] = []  # the interval rows (train_log.jsonl)
+
+
+  def epoch(self, records: list[dict[str, Any]], suffix: str = "") -> list[dict[str, Any]]:
+    """Prints and appends (metrics.jsonl) one epoch's records; returns them tagged."""
+    rows = []
+    for k, record in enumerate(records):
+      row = _tag(self.group, k, {key: v for key, v in record.items() if key != "predictions"})
+      prefix = "" if self.plain else f"[{row['member']}] "
+      self.log(prefix + epoch_line(row) + suffix)
+      if self.out:
+        self.out.append("metrics.jsonl", row)
+      rows.append(row)
+    return rows
+
+  def interval(self, interval: Interval, bar) -> None:
+    """One log interval: divergence reports, the bar's loss, a train_log.jsonl row."""
+    losses, alive, rows = interval.losses, interval.alive, interval.rows
+    for k in np.flatnonzero(~alive.all(axis=0)):
+      if k in self.frozen:
+        continue
+      j = int(np.argmin(alive[:, k]))  # the member's first step not taken
+      what = (f"the training loss became {losses[j, k]}" if not np.isfinite(losses[j, k])
+              else "the parameters became NaN or infinite")
+      self._diverged(k, rows[j]["step"], f"{what} at step {rows[j]['step']} (epoch "
+                     f"{rows[j]['epoch']})", rows[-1]["epoch"])
+    count = alive.sum(axis=0)
+    mean = np.where(count > 0, np.where(alive, losses, 0.0).sum(axis=0) / np.maximum(count, 1),
+                    np.nan)  # per member, over the steps it took
+    bar.set_postfix(loss=f"{np.nanmean(mean):.4f}")
+    row = {**rows[-1], "interval": len(rows),
+           "loss": float(mean[0]) if self.plain else mean.tolist()}
+    self.train_log.append(row)
+    if self.out:
+      self.out.append("train_log.jsonl", row)
+
+  def evaluation(self, records: list[dict[str, Any]]) -> np.ndarray:
+    """Which members' evaluation (test, or train-set, loss) is not finite, newly: they are
+    frozen from here on. Returns that mask (K,)."""
+    bad = np.zeros(len(records), bool)
+    for k, record in enumerate(records):
+      losses = [record[key] for key in ("train_loss", "test_loss") if key in record]
+      if k in self.frozen or all(np.isfinite(losses)):
+        continue
+      what = f"the evaluation loss became {next(v for v in losses if not np.isfinite(v))}"
+      bad[k] = True
+      self._diverged(k, record["step"], f"{what} after epoch {record['epoch']}",
+                     record["epoch"])
+    return bad
+
+  def _diverged(self, k: int, at_step: int, what: str, epoch: int) -> None:
+    if self.plain:
+      raise NonFiniteLoss(f"{what}; lower --lr or check the data")
+    self.frozen[k] = at_step
+    self.log(f"member {self.group[k].name}: {what}; frozen, the other members go on")
+    if len(self.frozen) == len(self.group):
+      raise NonFiniteLoss(f"every member of the sweep diverged by step "
+                          f"{max(self.frozen.values())} (epoch {epoch}); lower --lr")
+
+
+def _tag(group: list[Member], k: int, record: dict[str, Any]) -> dict[str, Any]:
+  """A record as the history keeps it: a sweep's tagged with its member."""
+  if len(group) == 1 and not group[0].settings:
+    return dict(record)
+  return {"member": group[k].name, **group[k].settings, **record}
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+  """One printed line per epoch."""
+  parts = [f"epoch {record['epoch']:>3}"]
+  if "train_loss" in record:
+    parts.append(f"train loss {record['train_loss']:.4f} acc {record['train_accuracy']:6.2f}%")
+  parts.append(f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:6.2f}%")
+  if "seconds" in record:
+    parts.append(f"{record['seconds']:.1f}s")
+  return " | ".join(parts)
+
+
+def _progress(total: int, desc: str):
+  """A progress bar on a terminal or in a notebook (tqdm.auto); nothing when output goes to
+  a file (disable=None: only on a TTY)."""
+  in_notebook = "ipykernel" in sys.modules
+  return tqdm.auto.tqdm(total=total, desc=desc, leave=False, unit="step",
+                        disable=False if in_notebook else None, dynamic_ncols=True)
+
+
+def _summary(run: Run, records, history, predictions: np.ndarray, alive: np.ndarray
+             ) -> dict[str, Any]:
+  """summary.json's members: each one's final record, best test accuracy, divergence and
+  classification report; and the mean +- std over seeds per setting."""
+  rows = []
+  for k, (member, record) in enumerate(zip(run.group, records)):
+    confusion = metrics.confusion_matrix(run.dataset.test.labels, predictions[k])
+    own = [r for r in history if r.get("member", member.name) == member.name]
+    rows.append({"member": member.name, "settings": member.settings,
+                 "final": _tag(run.group, k, record), "diverged": not bool(alive[k]),
+                 "best_test_accuracy": max(r["test_accuracy"] for r in own),
+                 "classification_report": metrics.classification_report(
+                     confusion, run.dataset.class_names)})
+  return {"members": rows, "by_setting": aggregate(rows)}
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Mean and std of the final test accuracy over seeds, per setting of the other axes."""
+  groups: dict[str, list[float]] = {}
+  for row in rows:
+    key = ",".join(f"{k}={v}" for k, v in row["settings"].items() if k != "seed") or "all"
+    groups.setdefault(key, []).append(row["final"]["test_accuracy"])
+  return [{"setting": k, "seeds": len(v), "test_accuracy_mean": float(np.mean(v)),
+           "test_accuracy_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+          for k, v in groups.items()]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  """Final numbers per member, and mean +- std over seeds where seeds were swept."""
+  width = max(len(r["member"]) for r in rows)
+  lines = [f"{'member':<{width}}  test acc  test loss"]
+  for r in rows:
+    flag = "  (diverged, frozen)" if r["diverged"] else ""
+    final = r["final"]
+    lines.append(f"{r['member']:<{width}}  {final['test_accuracy']:8.2f}  "
+                 f"{final['test_loss']:9.4f}{flag}")
+  if any("seed" in r["settings"] for r in rows):
+    for g in aggregate(rows):
+      lines.append(f"{g['setting']}: {g['test_accuracy_mean']:.2f} +- "
+                   f"{g['test_accuracy_std']:.2f} over {g['seeds']} seeds")
+  return "\n".join(lines)
+
+
+def _write_results(out: Workdir, dataset: data.Dataset, summary: dict[str, Any],
+                   history: list[dict[str, Any]], predictions: np.ndarray, axes) -> None:
+  """summary.json and predictions.npy; a plain run's classification report, confusion matrix
+  and figures, a sweep's figures."""
+  buffer = io.BytesIO()
+  np.save(buffer, predictions)
+  out.write_bytes("predictions.npy", buffer.getvalue())
+  out.write_json("summary.json", summary)
+  if axes:
+    plots.sweep_accuracy(history, axes, out.path / "sweep_accuracy.png")
+    plots.sweep_curves(history, out.path / "sweep_curves.png")
+    return
+  names = dataset.class_names
+  confusion = metrics.confusion_matrix(dataset.test.labels, predictions[0])
+  out.write_text("classification_report.txt",
+                 metrics.format_report(summary["members"][0]["classification_report"]))
+  out.write_text("confusion_matrix.csv", "true\\predicted," + ",".join(names) + "\n" + "\n".join(
+      f"{name}," + ",".join(map(str, row)) for name, row in zip(names, confusion)) + "\n")
+  plots.loss_curves(out.read("train_log.jsonl"), history, out.path / "loss.png")
+  plots.error_curves(history, out.path / "error.png")
+  plots.prediction_grid(dataset.test.images, dataset.test.labels, predictions[0], names,
+                        out.path / "predictions.png")
+  plots.confusion(confusion, names, out.path / "confusion_matrix.png")
+
+
+# ----------------------------------------------------------------------------- stopping
 
 class _StopRequest:
   """Turns the first Ctrl-C into a request the loop honours between steps, so that it never
@@ -77,190 +756,8 @@ class _StopRequest:
       signal.signal(signal.SIGINT, self._previous)
 
 
-def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | None = None,
-          dataset: data.Dataset | None = None, *, resume: bool = False, overwrite: bool = False,
-          log: Callable[[str], None] = print) -> Result:
-  """Trains per config, evaluating before training and after every epoch.
-
-  Args:
-    config: the run's settings (validated here).
-    sweep: settings to sweep, each with its values ({"dropout": (0.25, 0.5)}); their product
-      are the members, trained together in one program, each evaluated and reported on its
-      own. None: the config's one member.
-    workdir: where every result is written (None: nowhere, and no checkpoints). A folder
-      that holds an earlier run needs resume or overwrite.
-    dataset: data to use instead of loading config.dataset (tests, notebooks).
-    resume: continue from the workdir's last checkpoint; the settings that may change are
-      config.RESUME_MAY_CHANGE.
-    overwrite: replace the workdir's earlier run (its files are kept aside until this run
-      has a checkpoint of its own).
-    log: where the printed lines go (they are also appended to workdir/log.txt).
-
-  Returns:
-    The Result: per-epoch history, final state, test predictions, summary.
-
-  Raises:
-    ConfigError, DataError, WorkdirError: bad settings, data or folder (one line each).
-    NonFiniteLoss: every member diverged; the last finite epoch's checkpoint is kept.
-    Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept for --resume.
-  """
-  wall_start = time.perf_counter()
-  config.validate()
-  if resume and overwrite:
-    raise ConfigError("--resume continues the workdir's run and --overwrite replaces it: "
-                      "give one of them")
-  if resume and not workdir:
-    raise ConfigError("--resume needs the --workdir of the run to continue")
-  if resume and not config.checkpoint:
-    raise ConfigError("--resume continues from a checkpoint: drop --checkpoint=false")
-  # The folder first: a bad one fails before the data is loaded or anything compiles.
-  mode = "resume" if resume else "overwrite" if overwrite else "new"
-  out = Workdir(workdir, log).open(mode) if workdir else None
-  try:
-    with _StopRequest() as stop, autotune.scope(config.autotune):
-      return _train(config, sweep, out, dataset, resume, log, stop, wall_start)
-  except KeyboardInterrupt:
-    error = Interrupted(_stopped("interrupted", out))
-    if out:
-      out.log_only(f"error: {error}")
-    raise error from None
-  except MnistjaxError as e:
-    if out:
-      out.log_only(f"error: {e}")
-    raise
-  finally:
-    if out:
-      out.close()
-
-
-def _train(config: Config, axes, out: Workdir | None, dataset, resume: bool, log,
-           stop: _StopRequest, wall_start: float) -> Result:
-  dp = parallel.make(config.devices)  # before the data: a wrong count fails fast
-  plan = setup(config, dataset, axes, dp)
-  reporter = reporting.Reporter(plan.group, out, log)
-  members, keys = sweep_lib.init(plan.model, plan.group, len(plan.dataset.train))
-  start = _Start()
-  if resume:
-    members, start = _resume(plan, axes, out, members, reporter)
-  ckpt = Checkpoints(out.path / CHECKPOINTS) if out and config.checkpoint else None
-  num_params = models.count_params(sweep_lib.unstack(members.state.params, 0))
-  if out:
-    out.write_config(config, model=plan.model, normalization=plan.norm,
-                     dataset_source=plan.dataset.source, num_params=num_params,
-                     train_examples=len(plan.dataset.train), test_examples=len(plan.dataset.test),
-                     sweep={k: list(v) for k, v in (axes or {}).items()},
-                     sweep_order=list(axes or {}))  # JSON sorts keys; the order names members
-  reporter.log(_first_line(plan, num_params))
-  if start.resumed_line:
-    reporter.log(start.resumed_line)
-  kernels = models.tune(plan.model, config.batch_size, plan.eval_batch_size)
-  if autotune.active():
-    reporter.log(autotune.describe(kernels))
-  elif config.autotune and jax.process_count() > 1 and jax.default_backend() == "cpu":
-    reporter.log(f"autotune: off across {jax.process_count()} processes (each would time its "
-                 "own CPU, and all must run one program): the fixed rules")
-
-  runner = epochs.make_runner(plan, members, keys, start.examples_seen)
-  evaluator = epochs.Evaluator(plan)
-  history, records = start.history, []
-  try:
-    if start.epoch == 0:
-      records = evaluator.members(runner.members, 0, 0, predictions=config.epochs == 0)
-      history += reporter.epoch(records, "  (untrained)")
-    for epoch in range(start.epoch + 1, config.epochs + 1):
-      t0 = time.perf_counter()
-      with reporting.progress(plan.steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
-        for progress in runner.train(epoch):
-          bar.update(progress.steps)
-          for interval in progress.intervals:
-            reporter.interval(interval, bar)
-          stop.check()
-      train_seconds = time.perf_counter() - t0
-      records = evaluator.members(runner.members, epoch, runner.examples_seen,
-                                  predictions=epoch == config.epochs)
-      for record in records:
-        record.update(train_seconds=train_seconds, seconds=time.perf_counter() - t0)
-      runner.freeze(reporter.evaluation(records))  # a member whose evaluation is not finite
-      history += reporter.epoch(records)
-      if ckpt:
-        ckpt.save(epoch, runner.members, {"epoch": epoch, "examples_seen": runner.examples_seen,
-                                          "config": config.to_dict()})
-        out.replaced_done()
-  except (NonFiniteLoss, WorkdirError) as e:  # say what is kept, and how to go on
-    raise type(e)(f"{e}; {_stopped('stopped', out)}") from None
-  finally:
-    if ckpt:
-      ckpt.close()
-
-  if not records:  # resumed at the last epoch: nothing left to train
-    records = evaluator.members(runner.members, start.epoch, runner.examples_seen,
-                                predictions=True)
-  result = _finish(plan, axes, runner, records, history, reporter, out, num_params,
-                   time.perf_counter() - wall_start, kernels)
-  if out:
-    out.replaced_done()
-  return result
-
-
-@dataclasses.dataclass
-class _Start:
-  """Where a run starts: its first epoch to train, the examples seen and history so far."""
-  epoch: int = 0
-  examples_seen: int = 0
-  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-  resumed_line: str = ""
-
-
-def _resume(plan: epochs.Plan, axes, out: Workdir, fresh: sweep_lib.Members,
-            reporter: reporting.Reporter) -> tuple[sweep_lib.Members, _Start]:
-  """The members of the workdir's last checkpoint, with this config's hyperparameters; the
-  records past it dropped. Refuses a config or sweep that would mix two runs."""
-  saved = out.saved_config()
-  allowed, refused = plan.config.resume_changes(saved.get("config", {}))
-  saved_axes = {k: list(v) for k, v in saved.get("sweep", {}).items()}
-  if saved_axes != {k: list(v) for k, v in (axes or {}).items()}:
-    refused["sweep"] = (saved_axes or "none", {k: list(v) for k, v in (axes or {}).items()}
-                        or "none")
-  if refused:
-    diff = ", ".join(f"{k} {_shown(a)} -> {_shown(b)}" for k, (a, b) in sorted(refused.items()))
-    raise WorkdirError(f"--resume: {out.path} holds a run with other settings ({diff}); "
-                       "those can't change when a run continues: give another --workdir, or "
-                       "--overwrite")
-  ckpt = Checkpoints(out.path / CHECKPOINTS)
-  try:
-    epoch = ckpt.latest_epoch()
-    restored, record = ckpt.restore(epoch, fresh)
-  except (ValueError, KeyError, TypeError) as e:  # a checkpoint of another structure
-    raise WorkdirError(f"--resume: the checkpoint in {out.path} does not fit this run "
-                       f"({type(e).__name__}); give another --workdir, or --overwrite") from None
-  finally:
-    ckpt.close()
-  # Hyperparameters come from the config, also where the resumed run's flags changed them.
-  members = restored.replace(state=step.with_hyperparameters(restored.state, fresh.state))
-  last_step = int(np.max(parallel.to_host(members.state.step)))
-  out.truncate_after(epoch, last_step)
-  reporter.train_log = out.read("train_log.jsonl")
-  line = f"resumed from the checkpoint of epoch {epoch} (step {last_step})"
-  if allowed:
-    line += "; changed since: " + ", ".join(f"{k} {_shown(a)} -> {_shown(b)}"
-                                            for k, (a, b) in sorted(allowed.items()))
-  return members, _Start(epoch, record["examples_seen"], out.read("metrics.jsonl"), line)
-
-
 def _shown(value) -> str:
   return "(the model's default)" if value is None else str(value)
-
-
-def _first_line(plan: epochs.Plan, num_params: int) -> str:
-  cfg, ds, norm = plan.config, plan.dataset, plan.norm
-  line = (f"{cfg.model} on {ds.name} ({len(ds.train)} train / {len(ds.test)} test, from "
-          f"{ds.source}): {num_params:,} parameters, normalization mean {norm[0]:.4f} std "
-          f"{norm[1]:.4f}, {cfg.optimizer} lr {cfg.lr:g}, {jax.default_backend()} backend")
-  if plan.dp:
-    line += f", {plan.dp.describe(cfg.batch_size)}"
-  if len(plan.group) > 1 or plan.group[0].settings:
-    line += f"; sweep of {len(plan.group)} members in one program"
-  return line
 
 
 def _stopped(what: str, out: Workdir | None) -> str:
@@ -270,36 +767,3 @@ def _stopped(what: str, out: Workdir | None) -> str:
         "; start again with --overwrite" if out and out.holds_run() else "")
   return (f"{what}; the checkpoint of epoch {epoch} and the metrics up to it are in "
           f"{out.path}: continue with --resume")
-
-
-def _finish(plan: epochs.Plan, axes, runner, records, history, reporter, out, num_params,
-            wall_seconds, kernels: list[autotune.Decision]) -> Result:
-  """The summary (as summary.json), the closing lines and the result files; the Result."""
-  alive = np.atleast_1d(parallel.to_host(runner.members.alive))
-  predictions = np.stack([r.pop("predictions") for r in records])
-  timing = runner.timing
-  rows = []
-  for k, (member, record) in enumerate(zip(plan.group, records)):
-    confusion = metrics.confusion_matrix(plan.dataset.test.labels, predictions[k])
-    own = [r for r in history if r.get("member", member.name) == member.name]
-    rows.append({"member": member.name, "settings": member.settings,
-                 "final": reporter.tag(k, record), "diverged": not bool(alive[k]),
-                 "best_test_accuracy": max(r["test_accuracy"] for r in own),
-                 "classification_report": metrics.classification_report(
-                     confusion, plan.dataset.class_names)})
-  summary = {"members": rows, "by_setting": sweep_lib.aggregate(rows), "num_params": num_params,
-             "wall_seconds": wall_seconds, "compile_seconds": timing.compile_seconds,
-             "train_images_per_second": timing.images_per_second,
-             "member_images_per_second": (timing.images_per_second or 0) * len(plan.group),
-             "backend": jax.default_backend(), "devices": plan.dp.size if plan.dp else 1,
-             "kernels": [d.to_dict() for d in kernels]}
-  if reporter.plain:
-    reporter.log(f"final test accuracy {records[-1]['test_accuracy']:.2f}%, wall "
-                 f"{wall_seconds:.1f}s" + (f", results in {out.path}" if out else ""))
-  else:
-    reporter.log(sweep_lib.format_table(rows))
-  if out and out.primary:
-    reporting.write_results(out, plan.dataset, summary, history, predictions, axes)
-  return Result(config=plan.config, members=plan.group, model=plan.model, history=history,
-                train_log=reporter.train_log, summary=summary, state=runner.members.state,
-                alive=alive, predictions=predictions, workdir=out.path if out else None)

@@ -12,8 +12,8 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
-from mnistjax import models, step
-from mnistjax import sweep as sweep_lib
+from mnistjax import config as config_lib
+from mnistjax import data, models, step
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError
@@ -37,7 +37,7 @@ class Result:
     a run that did not finish).
   """
   config: Config
-  members: list[sweep_lib.Member]
+  members: list[config_lib.Member]
   model: nn.Module
   history: list[dict[str, Any]]
   train_log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -57,7 +57,7 @@ class Result:
     """Member's model variables ({"params": ..., "batch_stats": ...}) for model.apply."""
     if self.state is None:
       raise ConfigError("this result has no state: its workdir kept no checkpoint")
-    return step.variables(sweep_lib.unstack(self.state, member))
+    return step.variables(step.unstack(self.state, member))
 
   def dataframe(self):
     """The history as a pandas DataFrame (pandas is not a dependency: install it to use this)."""
@@ -84,7 +84,7 @@ def load(workdir: str | os.PathLike) -> Result:
   config = Config(**saved["config"])
   history = read_jsonl(path / "metrics.jsonl")
   axes = {k: tuple(saved["sweep"][k]) for k in _sweep_order(saved, history)}
-  group = sweep_lib.members(config, axes or None)
+  group = config_lib.members(config, axes or None)
   model = models.build(config.model, **config.model_settings())
   summary_path, predictions_path = path / "summary.json", path / "predictions.npy"
   result = Result(config=config, members=group, model=model, history=history,
@@ -95,7 +95,9 @@ def load(workdir: str | os.PathLike) -> Result:
     ckpt = Checkpoints(path / "checkpoints")
     try:
       if ckpt.latest_epoch() is not None:
-        template, _ = sweep_lib.init(model, group, saved["train_examples"])
+        steps = data.num_train_steps(saved["train_examples"], config.batch_size,
+                                     config.drop_remainder)
+        template, _ = step.init_members(model, group, steps)
         members, _ = ckpt.restore(ckpt.latest_epoch(), template)
         result.state, result.alive = members.state, np.asarray(members.alive)
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError
-from mnistjax.sweep import SWEEPABLE
+from mnistjax.config import SWEEPABLE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -169,6 +169,7 @@ class Workdir:
   def open(self, mode: str = "new") -> Workdir:
     """Creates and locks the folder, and settles it for a run of `mode`: "new", "overwrite"
     or "resume". Raises WorkdirError (one line) where it cannot."""
+    self.mode = mode
     make_folder(self.path)
     if not self.primary:
       return self

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import write_dataset
-from mnistjax import data, models, optim, studies, workdir
+from mnistjax import data, models, step, studies, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_study_flag_runs_the_named_study(mnist, tmp_path):
 def test_list_names_every_model_optimizer_and_study():
   result = run("--list")
   assert result.returncode == 0
-  for name in [*models.MODELS, *optim.OPTIMIZERS, *studies.STUDIES]:
+  for name in [*models.MODELS, *step.OPTIMIZERS, *studies.STUDIES]:
     assert f"  {name} " in result.stdout
 
 

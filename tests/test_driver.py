@@ -13,7 +13,7 @@ import pytest
 import mnistjax
 from conftest import F64_ATOL, F64_RTOL, quiet, synthetic
 from mnistjax import config as config_lib
-from mnistjax import driver, epochs, errors, sweep, workdir
+from mnistjax import driver, errors, step, workdir
 
 PINS = pathlib.Path(__file__).parent / "pins"
 
@@ -59,17 +59,17 @@ def test_a_run_with_a_schedule_interrupted_in_epoch_2_resumes_bit_for_bit(tmp_pa
   cfg = config_lib.Config(epochs=2, batch_size=32, schedule="cosine", warmup_epochs=0.5)
   ds = synthetic()
   straight = driver.train(cfg, None, str(tmp_path / "a"), ds, **quiet())
-  evaluate = epochs.Evaluator.members
+  evaluate = driver._evaluate  # pylint: disable=protected-access
 
-  def interrupt_in_epoch_2(self, members, epoch, *rest, **kwargs):
+  def interrupt_in_epoch_2(run, eval_step, trainer, epoch, *rest, **kwargs):
     if epoch == 2:
       raise KeyboardInterrupt
-    return evaluate(self, members, epoch, *rest, **kwargs)
+    return evaluate(run, eval_step, trainer, epoch, *rest, **kwargs)
 
-  monkeypatch.setattr(epochs.Evaluator, "members", interrupt_in_epoch_2)
+  monkeypatch.setattr(driver, "_evaluate", interrupt_in_epoch_2)
   with pytest.raises(errors.Interrupted, match="checkpoint of epoch 1"):
     driver.train(cfg, None, str(tmp_path / "b"), ds, **quiet())
-  monkeypatch.setattr(epochs.Evaluator, "members", evaluate)
+  monkeypatch.setattr(driver, "_evaluate", evaluate)
   resumed = driver.train(cfg, None, str(tmp_path / "b"), ds, resume=True, **quiet())
   for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
     np.testing.assert_array_equal(a, b)
@@ -103,7 +103,7 @@ def test_a_plain_run_keeps_the_numbers_it_had_before_runs_became_sweeps_of_one(x
   pin = json.loads((PINS / "k1_run.json").read_text())
   cfg = config_lib.Config(**pin["config"])
   result = driver.train(cfg, dataset=synthetic(250, 100), **quiet())
-  state = sweep.unstack(result.state, 0)
+  state = step.unstack(result.state, 0)
   assert int(state.step) == pin["step"]
   leaves = {}
   for part in ("params", "batch_stats"):
@@ -122,16 +122,18 @@ def test_a_plain_run_keeps_the_numbers_it_had_before_runs_became_sweeps_of_one(x
     np.testing.assert_allclose(final[key], value, rtol=F64_RTOL, err_msg=key)
 
 
-def test_the_python_epochs_compile_their_step_once():
-  plan = driver.setup(config_lib.Config(batch_size=32, epochs=2, train_limit=200),
-                      synthetic(200, 50))
-  members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
-  runner = epochs.make_runner(plan, members, keys)
+@pytest.mark.parametrize("axes", [None, {"seed": (1, 2)}])
+def test_the_python_epochs_compile_their_step_once(axes):
+  # 200 = 6 batches of 32 and one of 8, padded: one program for every step of every member.
+  run = driver.setup(config_lib.Config(batch_size=32, epochs=2), synthetic(200, 50), axes)
+  members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
+  trainer = driver.Trainer(run, members, keys, 0)
   for epoch in (1, 2):
-    for _ in runner.train(epoch):
+    for _ in trainer.epoch(epoch):
       pass
-  assert runner._step._cache_size() == 1  # pylint: disable=protected-access
-  assert runner.timing.compile_seconds > 0 and runner.timing.train_images > 0
+  assert trainer._step._cache_size() == 1  # pylint: disable=protected-access
+  timing = trainer.timing()
+  assert timing["compile_seconds"] > 0 and timing["train_images_per_second"] > 0
 
 
 def test_the_notebook_api_trains_returns_and_loads_results(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from mnistjax import optim
+from mnistjax import step
 from mnistjax.errors import ConfigError
 
 
@@ -58,7 +58,7 @@ CASES = [
 
 
 def test_every_optimizer_has_a_reference():
-  assert set(REFERENCE) == set(optim.OPTIMIZERS)
+  assert set(REFERENCE) == set(step.OPTIMIZERS)
 
 
 @pytest.mark.parametrize("name,hparams", CASES)
@@ -66,7 +66,7 @@ def test_matches_pytorch_over_six_steps(name, hparams):
   rng = np.random.default_rng(0)
   p0 = rng.normal(size=7)
   grads = [rng.normal(size=7) * 10 ** rng.uniform(-3, 1) for _ in range(6)]
-  tx = optim.make(name, **hparams)
+  tx = step.make(name, **hparams)
   p = jnp.asarray(p0, jnp.float32)
   state = tx.init(p)
   for g in grads:
@@ -84,10 +84,10 @@ def test_without_zero_grad_the_optimizer_sees_the_running_sum(name, hparams):
   rng = np.random.default_rng(1)
   p0 = rng.normal(size=5)
   grads = [rng.normal(size=5) for _ in range(5)]
-  tx = optim.make(name, zero_grad=False, **hparams)
+  tx = step.make(name, zero_grad=False, **hparams)
   p = jnp.asarray(p0, jnp.float32)
   state = tx.init(p)
-  assert optim.injected(state).hyperparams["learning_rate"] == hparams["learning_rate"]
+  assert step.injected(state).hyperparams["learning_rate"] == hparams["learning_rate"]
   for g in grads:
     updates, state = tx.update(jnp.asarray(g, jnp.float32), state, p)
     p = optax.apply_updates(p, updates)
@@ -97,7 +97,7 @@ def test_without_zero_grad_the_optimizer_sees_the_running_sum(name, hparams):
 
 
 def test_hyperparameters_are_state_and_can_change_without_recompiling():
-  tx = optim.make("sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0, nesterov=False)
+  tx = step.make("sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0, nesterov=False)
   p = jnp.ones(3)
   state = tx.init(p)
   update = jax.jit(tx.update)
@@ -111,31 +111,31 @@ def test_hyperparameters_are_state_and_can_change_without_recompiling():
 
 def test_l2_penalty_counts_kernels_only():
   params = {"fc1": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full(3, 5.0)}}
-  np.testing.assert_allclose(optim.l2_penalty(params, 0.8, 4), 0.8 / 8 * 24.0)
+  np.testing.assert_allclose(step.l2_penalty(params, 0.8, 4), 0.8 / 8 * 24.0)
 
 
 def test_unknown_optimizer_lists_the_choices():
   with pytest.raises(ConfigError, match="choose one of: sgd, rmsprop, adam"):
-    optim.make("lamb", learning_rate=0.1)
+    step.make("lamb", learning_rate=0.1)
 
 
 def test_schedules_warm_up_linearly_then_hold_or_decay_to_zero():
   total, warmup = 100, 10
-  for name in optim.SCHEDULES:
-    f = optim.lr_multiplier(name, total, warmup)
+  for name in step.SCHEDULES:
+    f = step.lr_multiplier(name, total, warmup)
     np.testing.assert_allclose([f(0), f(5), f(10)], [0.0, 0.5, 1.0], atol=1e-6)
     np.testing.assert_allclose(f(total), 1.0 if name == "constant" else 0.0, atol=1e-6)
     values = np.array([f(t) for t in range(warmup, total + 1)])
     assert np.all(np.diff(values) <= 1e-7)  # never rises after the warm-up
-  np.testing.assert_allclose(optim.lr_multiplier("cosine", 100)(50), 0.5, atol=1e-6)
+  np.testing.assert_allclose(step.lr_multiplier("cosine", 100)(50), 0.5, atol=1e-6)
   with pytest.raises(ConfigError, match="choose one of: constant, linear, cosine"):
-    optim.lr_multiplier("step", 10)
+    step.lr_multiplier("step", 10)
 
 
 def test_a_schedule_scales_the_sgd_step_as_a_pytorch_scheduler_does():
   # PyTorch: buf = m * buf + g; p -= lr_t * buf, with lr_t = lr * factor(t).
-  f = optim.lr_multiplier("linear", 4)
-  tx = optim.make("sgd", schedule=f, learning_rate=0.1, momentum=0.5, weight_decay=0.0,
+  f = step.lr_multiplier("linear", 4)
+  tx = step.make("sgd", schedule=f, learning_rate=0.1, momentum=0.5, weight_decay=0.0,
                   nesterov=False)
   p, state, buf, expected = jnp.zeros(2), None, 0.0, 0.0
   state = tx.init(p)
@@ -145,4 +145,4 @@ def test_a_schedule_scales_the_sgd_step_as_a_pytorch_scheduler_does():
     buf = 0.5 * buf + 1.0
     expected -= 0.1 * float(f(t)) * buf
   np.testing.assert_allclose(p, expected, rtol=1e-6)
-  assert optim.injected(state).hyperparams["learning_rate"] == pytest.approx(0.1)
+  assert step.injected(state).hyperparams["learning_rate"] == pytest.approx(0.1)

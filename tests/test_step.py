@@ -10,7 +10,7 @@ import numpy as np
 
 from conftest import F64_ATOL, F64_RTOL, fake_split, synthetic
 from mnistjax import config as config_lib
-from mnistjax import driver, epochs, models, optim, step
+from mnistjax import driver, models, step
 
 NORM = (0.1307, 0.3081)
 
@@ -18,7 +18,7 @@ NORM = (0.1307, 0.3081)
 def _parts(**overrides):
   cfg = config_lib.Config(**overrides)
   model = models.build(cfg.model, **cfg.model_settings())
-  tx = optim.make(cfg.optimizer, **cfg.optimizer_hparams())
+  tx = step.make_optimizer(cfg, steps_per_epoch=1)
   return cfg, model, tx
 
 
@@ -88,10 +88,11 @@ def test_evaluation_scores_a_partial_last_batch(x64):
   ds = synthetic(n_test=103)
   scores = {}
   for batch_size in (103, 10):
-    plan = driver.setup(config_lib.Config(eval_batch_size=batch_size), ds)
     _, model, tx = _parts()
-    scores[batch_size] = epochs.Evaluator(plan).split(
-        step.create_state(model, tx, jax.random.key(0)), ds.test, predictions=True)
+    eval_step = jax.jit(functools.partial(step.eval_step, model=model, norm=NORM))
+    scores[batch_size] = driver.evaluate_split(
+        eval_step, step.create_state(model, tx, jax.random.key(0)), ds.test, batch_size,
+        predictions=True)
   whole, parts = scores[103], scores[10]
   assert len(parts["predictions"]) == 103
   np.testing.assert_array_equal(whole["predictions"], parts["predictions"])
@@ -105,6 +106,6 @@ def test_resumed_runs_take_their_hyperparameters_from_the_config():
   _, _, new_tx = _parts(lr=0.5, momentum=0.9)
   fresh = step.create_state(model, new_tx, jax.random.key(1), l2=0.3)
   resumed = step.with_hyperparameters(saved, fresh)
-  assert float(optim.injected(resumed.opt_state).hyperparams["learning_rate"]) == 0.5
+  assert float(step.injected(resumed.opt_state).hyperparams["learning_rate"]) == 0.5
   assert float(resumed.l2) == np.float32(0.3)
   assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, resumed.params, saved.params)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from mnistjax import config as config_lib
-from mnistjax import data, driver, errors, sweep, workdir
+from mnistjax import driver, errors, step, workdir
 from mnistjax.errors import ConfigError
 from conftest import F64_ATOL, F64_RTOL, quiet, synthetic
 
@@ -27,8 +28,8 @@ def test_member_k_equals_a_single_run_with_its_settings(x64, axes):
   (key, values), = axes.items()
   for k, value in enumerate(values):
     single = driver.train(BASE.replace(**{key: value}), dataset=ds, **quiet())
-    member = sweep.unstack(result.state, k)
-    alone = sweep.unstack(single.state, 0)  # a plain run: one member
+    member = step.unstack(result.state, k)
+    alone = step.unstack(single.state, 0)  # a plain run: one member
     for a, b in zip(jax.tree.leaves(member.params), jax.tree.leaves(alone.params)):
       np.testing.assert_allclose(a, b, rtol=F64_RTOL, atol=F64_ATOL)
     assert result.final[k]["test_accuracy"] == single.final[0]["test_accuracy"]
@@ -36,7 +37,7 @@ def test_member_k_equals_a_single_run_with_its_settings(x64, axes):
 
 def test_equal_settings_and_seed_are_identical_other_seeds_differ():
   result = driver.train(BASE, {"seed": (3, 3, 4)}, dataset=synthetic(), **quiet())
-  a, b, c = (sweep.unstack(result.state, k).params for k in range(3))
+  a, b, c = (step.unstack(result.state, k).params for k in range(3))
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert not any(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
   groups = {g["setting"]: g for g in result.summary["by_setting"]}
@@ -54,7 +55,7 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
   good, bad = result.summary["members"]
   assert not good["diverged"] and good["final"]["test_accuracy"] > 50
   assert bad["diverged"]
-  frozen = sweep.unstack(result.state, 1)
+  frozen = step.unstack(result.state, 1)
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(frozen.params))
   rows = workdir.read_jsonl(tmp_path / "metrics.jsonl")
   assert {r["member"] for r in rows} == {"lr=0.05", "lr=1e+30"}
@@ -62,65 +63,49 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
   assert (tmp_path / "sweep_accuracy.png").exists() and (tmp_path / "sweep_curves.png").exists()
 
 
-def _lock_step_and_window(axes, n_batches, window):
-  """A sweep's members after n_batches taken by lock_step one by one, and by window_step in
-  windows of `window` (the last one padded), with the losses of each. Where the seeds differ,
-  each member gets its own batches (a member axis first), as a run gives them."""
-  plan = driver.setup(BASE, synthetic(), axes)
-  per_member = plan.per_member_data
-  streams = [list(data.train_batches(plan.dataset.train, BASE.batch_size, key, 1, False,
-                                     masked=True))[:n_batches]
-             for key in (plan.shuffle_keys if per_member else plan.shuffle_keys[:1])]
-  batches = ([{k: np.stack([b[k] for b in group]) for k in group[0]} for group in zip(*streams)]
-             if per_member else streams[0])
-  members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
-  step = sweep.make_lock_step(plan.model, plan.tx, plan.norm, per_member=per_member)
-  lock_losses = []
-  for batch in batches:
-    members, metrics = step(members, batch, keys)
-    lock_losses.append(metrics["loss"])
-  lock = (members, np.stack(lock_losses, axis=1))
-  members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
-  step = sweep.make_window_step(plan.model, plan.tx, plan.norm, per_member=per_member)
-  window_losses = []
-  for stacked, real in sweep.windows(batches, window):
-    members, metrics = step(members, stacked, keys)
-    window_losses.append(np.asarray(metrics["loss"])[:, :real])
-  return lock, (members, np.concatenate(window_losses, axis=1))
+def _trained_members(run, backend, monkeypatch):
+  """A run's members after one epoch of driver.Trainer as it steps them on `backend` ("cpu":
+  one member after another; else vmapped, all in one program), and their interval losses."""
+  members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
+  with monkeypatch.context() as patch:
+    patch.setattr(jax, "default_backend", lambda: backend)
+    trainer = driver.Trainer(run, members, keys, 0)
+    assert trainer.vmapped == (backend != "cpu")
+    losses = [interval.losses for _, interval in trainer.epoch(1) if interval]
+    return trainer.members, np.concatenate(losses)
 
 
 @pytest.mark.parametrize("axes", [{"dropout": (0.0, 0.5)}, {"lr": (0.05, 0.01), "seed": (0, 1)}])
-def test_window_step_takes_lock_steps_and_skips_its_padding(x64, axes):
-  (lock, lock_losses), (windowed, window_losses) = _lock_step_and_window(axes, 5, 3)
-  assert window_losses.shape == lock_losses.shape == (len(sweep.members(BASE, axes)), 5)
-  np.testing.assert_allclose(window_losses, lock_losses, rtol=F64_RTOL)
-  np.testing.assert_array_equal(windowed.state.step, lock.state.step)  # 5: padding took none
-  for a, b in zip(jax.tree.leaves(windowed), jax.tree.leaves(lock)):
+def test_vmapped_members_take_the_steps_of_members_stepped_one_by_one(x64, axes, monkeypatch):
+  # The accelerators' python loop (vmapped members) against the CPU's, on the same batches;
+  # with seeds, each member its own batches.
+  run = driver.setup(BASE.replace(log_every=3), synthetic(250, 50), axes)
+  one_by_one, losses = _trained_members(run, "cpu", monkeypatch)
+  vmapped, vmapped_losses = _trained_members(run, "gpu", monkeypatch)
+  assert losses.shape == (8, len(run.group))  # 7 full batches and one of 26
+  np.testing.assert_allclose(vmapped_losses, losses, rtol=F64_RTOL)
+  np.testing.assert_array_equal(vmapped.state.step, one_by_one.state.step)
+  for a, b in zip(jax.tree.leaves(vmapped), jax.tree.leaves(one_by_one)):
     np.testing.assert_allclose(a, b, rtol=F64_RTOL, atol=F64_ATOL)
 
 
 def test_a_diverging_member_is_frozen_also_on_a_batch_without_mask():
-  plan = driver.setup(BASE, synthetic(), {"lr": (0.05, 1e30)})
-  members, keys = sweep.init(plan.model, plan.group, len(plan.dataset.train))
-  ds = plan.dataset
+  run = driver.setup(BASE, synthetic(), {"lr": (0.05, 1e30)})
+  members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
+  tx = step.make_optimizer(run.group[0].config, run.steps_per_epoch)
+  member_step = jax.jit(functools.partial(step.member_step, model=run.model, tx=tx,
+                                          norm=run.norm))
+  ds = run.dataset
   batch = {"image": ds.train.images[:32], "label": ds.train.labels[:32].astype(np.int32)}
-  step = sweep.make_lock_step(plan.model, plan.tx, plan.norm)
-  for _ in range(3):
-    members, metrics = step(members, batch, keys)
-  assert members.alive.dtype == bool
-  np.testing.assert_array_equal(members.alive, [True, False])
-  np.testing.assert_array_equal(members.state.step, [3, 1])  # the frozen member stopped
-  assert np.isfinite(metrics["loss"][0])
-  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(members.state.params))
-
-
-def test_windows_stack_batches_and_pad_the_last_with_empty_ones():
-  batches = [{"image": np.full((4, 2), i), "mask": np.ones(4, bool)} for i in range(5)]
-  windows = list(sweep.windows(iter(batches), 2))
-  assert [real for _, real in windows] == [2, 2, 1]
-  last = windows[-1][0]
-  assert last["image"].shape == (2, 4, 2) and last["image"][0, 0, 0] == 4
-  np.testing.assert_array_equal(last["mask"], [[True] * 4, [False] * 4])
+  for k, (alive_after, steps_after) in enumerate([(True, 3), (False, 1)]):
+    state, alive = step.unstack(members.state, k), members.alive[k]
+    for _ in range(3):
+      state, alive, metrics = member_step(state, alive, batch, keys[k])
+    assert alive.dtype == bool and bool(alive) == alive_after
+    assert int(state.step) == steps_after  # the frozen member stopped
+    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(state.params))
+    if alive_after:
+      assert np.isfinite(metrics["loss"])
 
 
 def test_every_member_diverging_stops_the_run():
@@ -147,11 +132,11 @@ def test_sweep_resumes_per_member(tmp_path):
 ])
 def test_bad_sweep_specs_name_the_fix(spec, message):
   with pytest.raises(ConfigError, match=message):
-    sweep.parse(spec)
+    config_lib.parse_sweep(spec)
 
 
 def test_sweep_values_are_validated():
   with pytest.raises(ConfigError, match="--lr=-0.1"):
-    sweep.members(BASE, sweep.parse(["lr=0.1,-0.1"]))
-  assert [m.name for m in sweep.members(BASE, sweep.parse(["dropout=0.25,0.5", "seed=0,1"]))] == [
+    config_lib.members(BASE, config_lib.parse_sweep(["lr=0.1,-0.1"]))
+  assert [m.name for m in config_lib.members(BASE, config_lib.parse_sweep(["dropout=0.25,0.5", "seed=0,1"]))] == [
       "dropout=0.25,seed=0", "dropout=0.25,seed=1", "dropout=0.5,seed=0", "dropout=0.5,seed=1"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import quiet, synthetic
-from mnistjax import checkpoint, config as config_lib, driver, epochs, sweep, workdir
+from mnistjax import checkpoint, config as config_lib, driver, step, workdir
 from mnistjax.errors import ConfigError, Interrupted, NonFiniteLoss, WorkdirError
 
 CFG = config_lib.Config(epochs=1, batch_size=32, eval_train=False, log_every=2)
@@ -50,21 +50,21 @@ def test_a_second_run_into_a_folder_that_holds_one_is_refused_and_changes_nothin
 def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_a_checkpoint(tmp_path,
                                                                               monkeypatch):
   _run(tmp_path, CFG.replace(lr=0.02))
-  evaluate = epochs.Evaluator.members
+  evaluate = driver._evaluate  # pylint: disable=protected-access
 
-  def interrupt_in_epoch_1(self, members, epoch, *rest, **kwargs):
+  def interrupt_in_epoch_1(run, eval_step, trainer, epoch, *rest, **kwargs):
     if epoch == 1:
       raise KeyboardInterrupt
-    return evaluate(self, members, epoch, *rest, **kwargs)
+    return evaluate(run, eval_step, trainer, epoch, *rest, **kwargs)
 
-  monkeypatch.setattr(epochs.Evaluator, "members", interrupt_in_epoch_1)
+  monkeypatch.setattr(driver, "_evaluate", interrupt_in_epoch_1)
   with pytest.raises(Interrupted, match="before any epoch was saved; start again with "
                      "--overwrite"):
     _run(tmp_path, overwrite=True)
   old = tmp_path / workdir.REPLACED
   assert sorted(p.name for p in (old / "checkpoints").iterdir()) == ["1"]  # still there
   assert json.loads((old / "config.json").read_text())["config"]["lr"] == 0.02
-  monkeypatch.setattr(epochs.Evaluator, "members", evaluate)
+  monkeypatch.setattr(driver, "_evaluate", evaluate)
   _run(tmp_path, overwrite=True)
   assert not old.exists()
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
@@ -104,7 +104,7 @@ def test_divergence_keeps_a_finite_checkpoint_and_strict_json(tmp_path):
   else:
     assert f"the checkpoint of epoch {kept} " in message
     ckpt = checkpoint.Checkpoints(tmp_path / "checkpoints")
-    template = sweep.init(*_members_of(cfg))[0]
+    template = step.init_members(*_members_of(cfg))[0]
     restored, _ = ckpt.restore(kept, template)
     ckpt.close()
     assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(restored.state))
@@ -116,20 +116,20 @@ def test_divergence_keeps_a_finite_checkpoint_and_strict_json(tmp_path):
 
 
 def _members_of(config):
-  plan = driver.setup(config, synthetic())
-  return plan.model, plan.group, len(plan.dataset.train)
+  run = driver.setup(config, synthetic())
+  return run.model, run.group, run.steps_per_epoch
 
 
 def test_a_member_whose_evaluation_is_not_finite_is_frozen_the_others_go_on(monkeypatch):
-  evaluate = epochs.Evaluator.members
+  evaluate = driver._evaluate  # pylint: disable=protected-access
 
-  def member_1_overflows(self, members, epoch, *rest, **kwargs):
-    records = evaluate(self, members, epoch, *rest, **kwargs)
+  def member_1_overflows(run, eval_step, trainer, epoch, *rest, **kwargs):
+    records = evaluate(run, eval_step, trainer, epoch, *rest, **kwargs)
     if epoch == 1:
       records[1]["test_loss"] = float("inf")
     return records
 
-  monkeypatch.setattr(epochs.Evaluator, "members", member_1_overflows)
+  monkeypatch.setattr(driver, "_evaluate", member_1_overflows)
   lines = []
   result = driver.train(CFG.replace(epochs=2), {"lr": (0.05, 0.01)}, dataset=synthetic(),
                         log=lines.append)
@@ -142,15 +142,15 @@ def test_a_member_whose_evaluation_is_not_finite_is_frozen_the_others_go_on(monk
 
 def test_a_plain_run_whose_evaluation_is_not_finite_stops_before_saving_it(tmp_path,
                                                                            monkeypatch):
-  evaluate = epochs.Evaluator.members
+  evaluate = driver._evaluate  # pylint: disable=protected-access
 
-  def overflow_in_epoch_2(self, members, epoch, *rest, **kwargs):
-    records = evaluate(self, members, epoch, *rest, **kwargs)
+  def overflow_in_epoch_2(run, eval_step, trainer, epoch, *rest, **kwargs):
+    records = evaluate(run, eval_step, trainer, epoch, *rest, **kwargs)
     if epoch == 2:
       records[0]["test_loss"] = float("nan")
     return records
 
-  monkeypatch.setattr(epochs.Evaluator, "members", overflow_in_epoch_2)
+  monkeypatch.setattr(driver, "_evaluate", overflow_in_epoch_2)
   with pytest.raises(NonFiniteLoss, match=r"the evaluation loss became nan after epoch 2; .*"
                      r"the checkpoint of epoch 1 and the metrics up to it"):
     _run(tmp_path, CFG.replace(epochs=3))
