@@ -103,11 +103,11 @@ def _train(config: Config, axes, dataset, out: Workdir | None, log) -> Result:
   report = _Report(run.group, out, log)
   start = _Start()
   if out and out.mode == "resume":
-    members, start = _restore(run, axes, out, members, report)
+    members, start = _restore(run, out, members, report)
   ckpt = Checkpoints(out.path / CHECKPOINTS) if out and config.checkpoint else None
   num_params = models.count_params(step.unstack(members.state.params, 0))
   if out:
-    _write_config(out, run, axes, num_params)
+    _write_config(out, run, num_params)
   report.log(_first_line(run, num_params))
   if start.resumed_line:
     report.log(start.resumed_line)
@@ -165,7 +165,7 @@ def _train(config: Config, axes, dataset, out: Workdir | None, log) -> Result:
   else:
     report.log(format_table(summary["members"]))
   if out and out.primary:
-    _write_results(out, run.dataset, summary, history, predictions, axes)
+    _write_results(out, run, summary, history, predictions)
     out.replaced_done()
   return Result(config=config, members=run.group, model=run.model, history=history,
                 train_log=report.train_log, summary=summary, state=trainer.members.state,
@@ -182,6 +182,7 @@ class Run:
   norm: tuple[float, float]
   dataset: data.Dataset
   group: list[Member]  # K >= 1 members, each with its own config
+  axes: dict[str, tuple]  # the swept settings and their values ({} for a plain run)
   dp: parallel.DataParallel | None = None
 
   @property
@@ -214,7 +215,8 @@ def setup(config: Config, dataset: data.Dataset | None = None,
                       "or fewer")
   model = models.build(config.model, **config.model_settings())
   norm = data.normalization(config.normalization, dataset)
-  return Run(config, model, norm, dataset, config_lib.members(config, axes), dp)
+  return Run(config, model, norm, dataset, config_lib.members(config, axes), dict(axes or {}),
+             dp)
 
 
 @dataclasses.dataclass
@@ -226,16 +228,16 @@ class _Start:
   resumed_line: str = ""
 
 
-def _restore(run: Run, axes, out: Workdir, fresh: step.Members, report: _Report
+def _restore(run: Run, out: Workdir, fresh: step.Members, report: _Report
              ) -> tuple[step.Members, _Start]:
   """The members of the workdir's last checkpoint, with this config's hyperparameters; the
   records past it dropped. Refuses a config or sweep that would mix two runs."""
   saved = out.saved_config()
   allowed, refused = run.config.resume_changes(saved.get("config", {}))
   saved_axes = {k: list(v) for k, v in saved.get("sweep", {}).items()}
-  if saved_axes != {k: list(v) for k, v in (axes or {}).items()}:
-    refused["sweep"] = (saved_axes or "none", {k: list(v) for k, v in (axes or {}).items()}
-                        or "none")
+  axes = {k: list(v) for k, v in run.axes.items()}
+  if saved_axes != axes:
+    refused["sweep"] = (saved_axes or "none", axes or "none")
   if refused:
     diff = ", ".join(f"{k} {_shown(a)} -> {_shown(b)}" for k, (a, b) in sorted(refused.items()))
     raise WorkdirError(f"--resume: {out.path} holds a run with other settings ({diff}); "
@@ -262,7 +264,7 @@ def _restore(run: Run, axes, out: Workdir, fresh: step.Members, report: _Report
   return members, _Start(epoch, record["examples_seen"], out.read("metrics.jsonl"), line)
 
 
-def _write_config(out: Workdir, run: Run, axes, num_params: int) -> None:
+def _write_config(out: Workdir, run: Run, num_params: int) -> None:
   """config.json: every setting, the model's resolved fields, and facts about the run."""
   model_fields = {f.name: getattr(run.model, f.name) for f in dataclasses.fields(run.model)
                   if f.name not in ("parent", "name")}
@@ -270,8 +272,8 @@ def _write_config(out: Workdir, run: Run, axes, num_params: int) -> None:
       "config": run.config.to_dict(), "model": model_fields, "normalization": run.norm,
       "dataset_source": run.dataset.source, "num_params": num_params,
       "train_examples": len(run.dataset.train), "test_examples": len(run.dataset.test),
-      "sweep": {k: list(v) for k, v in (axes or {}).items()},
-      "sweep_order": list(axes or {}),  # JSON sorts keys; the order names the members
+      "sweep": {k: list(v) for k, v in run.axes.items()},
+      "sweep_order": list(run.axes),  # JSON sorts keys; the order names the members
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "argv": sys.argv})
 
@@ -435,7 +437,7 @@ class Trainer:
   def _scanned_epoch(self, epoch: int) -> Iterator[tuple[int, Interval | None]]:
     cfg, steps = self.run.config, self.run.steps_per_epoch
     place = self.run.dp.put_replicated if self.run.dp else lambda tree: tree
-    args = (self._members, *self._resident, jnp.asarray(epoch, jnp.int32),
+    args = (self._members, self._resident, jnp.asarray(epoch, jnp.int32),
             place(jnp.stack(self._shuffle_keys)), self._keys)
     if not self._compiled:  # compiled ahead of the first epoch, timed on its own
       start = time.perf_counter()
@@ -483,14 +485,15 @@ def _vmapped(one, per_member: bool):
   return members_step
 
 
-def scan_epoch(members, images, labels, epoch, shuffle_keys, keys, *, step_fn,
-               batch_size: int, drop_remainder: bool, per_member: bool = False,
-               batch_sharding=None):
+def scan_epoch(members, resident, epoch, shuffle_keys, keys, *, step_fn, batch_size: int,
+               drop_remainder: bool, per_member: bool = False, batch_sharding=None):
   """One epoch as one program (the accelerator path): the dataset lives on the device as uint8,
   the epoch is shuffled there (the order of data.epoch_permutation, from each member's key
   with per_member, else from the first), and `lax.scan` runs step_fn over its batches, the
-  last one padded and masked as data.train_batches(masked=True) does. Returns the final
-  members, and the losses and alive flags, each steps x K."""
+  last one padded and masked as data.train_batches(masked=True) does. resident: the training
+  (images, labels). Returns the final members, and the losses and alive flags, each
+  steps x K."""
+  images, labels = resident
   n = images.shape[0]
   steps = data.num_train_steps(n, batch_size, drop_remainder)
   total = steps * batch_size
@@ -703,16 +706,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def _write_results(out: Workdir, dataset: data.Dataset, summary: dict[str, Any],
-                   history: list[dict[str, Any]], predictions: np.ndarray, axes) -> None:
+def _write_results(out: Workdir, run: Run, summary: dict[str, Any],
+                   history: list[dict[str, Any]], predictions: np.ndarray) -> None:
   """summary.json and predictions.npy; a plain run's classification report, confusion matrix
   and figures, a sweep's figures."""
+  dataset = run.dataset
   buffer = io.BytesIO()
   np.save(buffer, predictions)
   out.write_bytes("predictions.npy", buffer.getvalue())
   out.write_json("summary.json", summary)
-  if axes:
-    plots.sweep_accuracy(history, axes, out.path / "sweep_accuracy.png")
+  if run.axes:
+    plots.sweep_accuracy(history, run.axes, out.path / "sweep_accuracy.png")
     plots.sweep_curves(history, out.path / "sweep_curves.png")
     return
   names = dataset.class_names
