@@ -174,3 +174,9 @@ RESUME_MAY_CHANGE = ("epochs", "lr", "momentum", "nesterov", "weight_decay", "al
 
 def fields() -> tuple[dataclasses.Field, ...]:
   return dataclasses.fields(Config)
+
+
+def settings_name(settings: dict[str, Any], sep: str = ",") -> str:
+  """Settings as "key=value" pairs in their order: the name of a sweep member or a study's
+  variant (a folder's name too, hence no spaces by default), or a figure's label."""
+  return sep.join(f"{k}={v}" for k, v in settings.items())
