@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnistjax import runner, studies
+from mnistjax import studies
 from mnistjax.errors import ConfigError
 
 # docs/studies.md, study by study: the settings that make each protocol.
@@ -77,12 +77,12 @@ def test_the_speedrun_trains_five_seeds_as_one_sweep_and_checks_its_target():
   study = studies.STUDIES["speedrun"]
   rows = [{"test_accuracy": a, "wall_seconds": 50.0, "compile_seconds": 2.0, "run": "sweep"}
           for a in (99.1, 99.0, 98.9, 99.2, 99.05)]
-  outcome = runner.target_outcome(study, rows)
+  outcome = studies.target_outcome(study, rows)
   assert outcome["reached"] and outcome["mean"] == pytest.approx(99.05)
   assert outcome["wall_seconds"] == 50.0 and outcome["compile_seconds"] == 2.0
   assert "reached" in outcome["line"] and "48.0 s without" in outcome["line"]
   rows[0]["test_accuracy"] = 98.0
-  assert not runner.target_outcome(study, rows)["reached"]
+  assert not studies.target_outcome(study, rows)["reached"]
 
 
 def test_evaluation_batch_is_the_flag_or_the_backend_default():
