@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+import mnistjax
 from mnistjax import studies
 from mnistjax.errors import ConfigError
 
@@ -83,6 +86,27 @@ def test_the_speedrun_trains_five_seeds_as_one_sweep_and_checks_its_target():
   assert "reached" in outcome["line"] and "48.0 s without" in outcome["line"]
   rows[0]["test_accuracy"] = 98.0
   assert not studies.target_outcome(study, rows)["reached"]
+
+
+def test_run_study_trains_each_variant_in_its_folder_or_all_as_one_sweep(mnist, tmp_path):
+  """mnistjax.run_study, as --study runs a study: variants that can't form a sweep one after
+  another, each in workdir/<variant>; a study whose variants can, as one run in the workdir."""
+  del mnist  # the data must be there
+  small, lines = {"epochs": 1, "train_limit": 640, "test_limit": 100}, []
+  rows = mnistjax.run_study("s4_activation", small, str(tmp_path / "act"), log=lines.append)
+  assert [r["variant"] for r in rows] == [name for name, _ in studies.expand("s4_activation")]
+  assert all((tmp_path / "act" / r["variant"] / "summary.json").exists() for r in rows)
+  assert "notebook: test acc sigmoid 79.66" in lines[-1]
+
+  rows = mnistjax.run_study("s4_l2", small, str(tmp_path / "l2"), sweep={"seed": (0, 1)},
+                            log=lines.append)
+  assert [(r["variant"], r["run"]) for r in rows] == [
+      ("l2=0.0,seed=0", "sweep"), ("l2=0.0,seed=1", "sweep"), ("l2=0.8,seed=0", "sweep"),
+      ("l2=0.8,seed=1", "sweep")]
+  assert any(line.startswith("study s4_l2: ") and line.endswith("one sweep over l2, seed")
+             for line in lines)
+  assert (tmp_path / "l2" / "summary.json").exists()
+  assert json.loads((tmp_path / "l2" / "study.json").read_text())["runs"] == rows
 
 
 def test_evaluation_batch_is_the_flag_or_the_backend_default():
