@@ -4,8 +4,8 @@ reported (each study's `numbers` in `mnistjax.studies`).
 `reproduce()` runs each study's runs (`studies.runs`), every variant over the same seeds (the
 seeds as one sweep axis), collects per seed the numbers the notebooks printed, and keeps them
 in a report (reproduction.json) that `mnistjax.reproduction_report` turns into
-REPRODUCTION.md and figures. Each run has its own folder under the workdir, so a rerun loads what finished,
-resumes what was interrupted, and skips every study the report already holds.
+REPRODUCTION.md and figures. Each run has its own folder under the workdir, so a rerun loads
+what finished, resumes what was interrupted, and skips every study the report already holds.
 
 The verdict: the notebook ran each variant once, so its number is one draw from the
 distribution of seeds; the question is whether that distribution, estimated by ours, would
