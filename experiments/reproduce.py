@@ -43,8 +43,9 @@ def main(argv: list[str]) -> None:
     except ValueError:
       cli.fail(f"--seeds={','.join(FLAGS.seeds)}: give integers, e.g. --seeds=1,2,3")
     out = FLAGS.out or (FLAGS.workdir if FLAGS.quick else ".")
-    reproduction_report.reproduce(tuple(FLAGS.studies), seeds, FLAGS.workdir, out,
-                                  FLAGS.quick, FLAGS.redo)
+    report = reproduction.reproduce(tuple(FLAGS.studies), seeds, FLAGS.workdir, out,
+                                    FLAGS.quick, FLAGS.redo)
+    reproduction_report.write(report.body, report.path.parent)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from mnistjax import cli, config, driver, parallel, runner
+from mnistjax import cli, config, driver, parallel, studies
 
 flags.DEFINE_string("study", None, "a named study of the notebooks (see --list and "
                     "docs/studies.md)")
@@ -46,8 +46,8 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed()  # a multi-host job: JAX_COORDINATOR_ADDRESS, SLURM, MPI
     axes = config.parse_sweep(FLAGS.sweep)
     if FLAGS.study:
-      runner.run_study(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume,
-                       sweep=axes, overwrite=FLAGS.overwrite)
+      studies.run_study(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume,
+                        sweep=axes, overwrite=FLAGS.overwrite)
     else:
       driver.train(cli.config_from_flags(), axes or None, FLAGS.workdir, resume=FLAGS.resume,
                    overwrite=FLAGS.overwrite)

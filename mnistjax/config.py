@@ -215,6 +215,11 @@ def members(config: Config, axes: dict[str, tuple] | None = None) -> list[Member
   out = []
   for values in itertools.product(*axes.values()):
     settings = dict(zip(axes, values))
-    name = ",".join(f"{k}={v}" for k, v in settings.items())
-    out.append(Member(name, settings, config.replace(**settings).validate()))
+    out.append(Member(settings_name(settings), settings, config.replace(**settings).validate()))
   return out
+
+
+def settings_name(settings: dict[str, Any], sep: str = ",") -> str:
+  """Settings as "key=value" pairs in their order: the name of a sweep member or a study's
+  variant (a folder's name too, hence no spaces by default), or a figure's label."""
+  return sep.join(f"{k}={v}" for k, v in settings.items())

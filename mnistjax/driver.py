@@ -683,7 +683,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """Mean and std of the final test accuracy over seeds, per setting of the other axes."""
   groups: dict[str, list[float]] = {}
   for row in rows:
-    key = ",".join(f"{k}={v}" for k, v in row["settings"].items() if k != "seed") or "all"
+    key = config_lib.settings_name({k: v for k, v in row["settings"].items() if k != "seed"})
+    key = key or "all"
     groups.setdefault(key, []).append(row["final"]["test_accuracy"])
   return [{"setting": k, "seeds": len(v), "test_accuracy_mean": float(np.mean(v)),
            "test_accuracy_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}

@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from mnistjax.config import settings_name
 from mnistjax.workdir import write_bytes
 
 
@@ -114,7 +115,7 @@ def sweep_accuracy(records: list[dict], axes: dict[str, tuple], path=None):
              and tuple(r[k] for k in others) == label] for x in xs]
     ax.errorbar(xs, [np.mean(a) for a in accs],
                 yerr=[np.std(a, ddof=1) if len(a) > 1 else 0 for a in accs], marker="o",
-                capsize=3, label=", ".join(f"{k}={v}" for k, v in zip(others, label)) or None)
+                capsize=3, label=settings_name(dict(zip(others, label)), ", ") or None)
   if x_axis in ("lr", "weight_decay", "l2") and min(r[x_axis] for r in finals) > 0:
     ax.set_xscale("log")
   ax.set_xlabel(x_axis)

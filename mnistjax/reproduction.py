@@ -1,11 +1,11 @@
 """Reproduces the notebooks' studies over seeds and compares them with what the notebooks
-reported (`mnistjax.reference`).
+reported (each study's `numbers` in `mnistjax.studies`).
 
-`reproduce()` runs each study's variants, every variant over the same seeds (the seeds as
-one sweep axis), collects per seed the numbers the notebooks printed, and keeps them in a
-report (reproduction.json) that `mnistjax.reproduction_report` turns into REPRODUCTION.md
-and figures. Each run has its own folder under the workdir, so a rerun loads what finished,
-resumes what was interrupted, and skips every study the report already holds.
+`reproduce()` runs each study's runs (`studies.runs`), every variant over the same seeds (the
+seeds as one sweep axis), collects per seed the numbers the notebooks printed, and keeps them
+in a report (reproduction.json) that `mnistjax.reproduction_report` turns into
+REPRODUCTION.md and figures. Each run has its own folder under the workdir, so a rerun loads
+what finished, resumes what was interrupted, and skips every study the report already holds.
 
 The verdict: the notebook ran each variant once, so its number is one draw from the
 distribution of seeds; the question is whether that distribution, estimated by ours, would
@@ -32,15 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from mnistjax import checkpoint, data, driver, machine, reference, results, studies
-from mnistjax.config import Config
+from mnistjax import checkpoint, data, driver, machine, results, studies
+from mnistjax.config import Config, settings_name
 from mnistjax.errors import ConfigError, Interrupted, WorkdirError
 from mnistjax.workdir import CHECKPOINTS, RESULTS, write_json
 
-# Every notebook study; the speedrun is not a notebook's.
-STUDIES = ("s0_activation", "s0_dropout", "s0_batchnorm", "s0_init", "s1_fashion_cnn3",
-           "s1_lr_wd", "s2_rmsprop", "s2_dropout", "s2_prelu", "s4_activation", "s4_l2",
-           "s4_adam")
+# Every notebook study (those with the notebook's numbers; the speedrun is not a notebook's).
+STUDIES = tuple(name for name, study in studies.STUDIES.items() if study.numbers is not None)
 SEEDS = (1, 2, 3)
 # --quick: the whole pipeline on small slices, in a minute or two.
 QUICK = {"train_limit": 640, "test_limit": 500, "epochs": 1}
@@ -100,9 +98,9 @@ def verdict(study: str, variant: str, ours: list[float], notebook: float | None,
     row["verdict"] = "one seed: no interval"
   elif bounds[0] <= notebook <= bounds[1]:
     row["verdict"] = "reproduced"
-  elif variant in reference.EXPECTED.get(study, {}):
+  elif variant in studies.lookup(study).expected:
     row["verdict"] = "differs as expected"
-    row["reason"] = reference.EXPECTED[study][variant]
+    row["reason"] = studies.lookup(study).expected[variant]
   else:
     row["verdict"] = "differs"
   return row
@@ -125,7 +123,7 @@ def compare(study: str, variants: dict[str, dict[str, Any]], test_examples: int
   test accuracy curve where the notebook printed one."""
   out = {}
   for variant, ours in variants.items():
-    notebook = reference.NOTEBOOK.get(study, {}).get(variant, {})
+    notebook = (studies.lookup(study).numbers or {}).get(variant, {})
     rows = {}
     for key, (_, percent) in QUANTITIES.items():
       if ours.get(key) is None or (key not in notebook and key != "test_accuracy"):
@@ -151,16 +149,10 @@ def headline(rows: dict[str, Any]) -> str:
 
 
 def study_runs(name: str, seeds: tuple[int, ...], quick: bool,
-               changes: dict[str, Any] | None = None) -> list[tuple[str, Config, dict]]:
-  """A study's runs as (folder name, config, sweep axes), every run over the seeds."""
-  study = studies.lookup(name)
-  overrides = {**reference.PROTOCOL.get(name, {}), **(QUICK if quick else {}), **(changes or {})}
-  axes = studies.as_sweep(name, overrides)
-  if axes is not None:
-    return [("sweep", study.config.replace(**overrides).validate(),
-             {**axes, "seed": tuple(seeds)})]
-  return [(variant, config, {"seed": tuple(seeds)})
-          for variant, config in studies.expand(name, overrides)]
+               changes: dict[str, Any] | None = None) -> list[studies.Run]:
+  """A study's runs as the notebook ran them, every run over the seeds."""
+  overrides = {**studies.lookup(name).notebook_ran, **(QUICK if quick else {}), **(changes or {})}
+  return studies.runs(name, overrides, sweep={"seed": tuple(seeds)})
 
 
 def _train_or_load(config: Config, axes: dict[str, tuple], folder: pathlib.Path,
@@ -210,30 +202,31 @@ def _numbers(result: results.Result) -> dict[str, dict[str, Any]]:
   return out
 
 
-def run_study(name: str, seeds: tuple[int, ...], workdir: pathlib.Path, datasets: dict,
-              quick: bool = False, changes: dict[str, Any] | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+def measure(name: str, seeds: tuple[int, ...], workdir: pathlib.Path, datasets: dict,
+            quick: bool = False, changes: dict[str, Any] | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs (or loads) every run of a study over the seeds; returns its report entry: per
   variant, per quantity, one value per seed."""
   t0 = time.perf_counter()
   variants: dict[str, dict[str, list]] = {}
   wall = compile_seconds = 0.0
   test_examples = 0
-  for run_name, config, axes in study_runs(name, seeds, quick, changes):
+  for run in study_runs(name, seeds, quick, changes):
+    config = run.config
     key = (config.dataset, config.data_dir, config.data_source, config.verify_data)
     if key not in datasets:
       datasets[key] = data.load(config.dataset, config.data_dir, config.data_source,
                                 verify=config.verify_data)
-    log(f"  {name} / {run_name}: {math.prod(len(v) for v in axes.values())} member(s) in one "
-        f"program, in {workdir / run_name}")
-    result = _train_or_load(config, axes, workdir / run_name, datasets[key], log)
+    log(f"  {name} / {run.name}: {math.prod(len(v) for v in run.axes.values())} member(s) in "
+        f"one program, in {workdir / run.name}")
+    result = _train_or_load(config, run.axes, workdir / run.name, datasets[key], log)
     # What the run cost when it ran, whether that was now or in an earlier sitting.
     wall += result.summary["wall_seconds"]
     compile_seconds += result.summary["compile_seconds"]
     test_examples = len(result.predictions[0])
     for numbers in _numbers(result).values():
       variant = (studies.variant_name({k: v for k, v in numbers["settings"].items()
-                                       if k != "seed"}) if run_name == "sweep" else run_name)
+                                       if k != "seed"}) if run.name == "sweep" else run.name)
       entry = variants.setdefault(variant, {"seeds": []})
       entry["seeds"].append(numbers["settings"]["seed"])
       for field, value in numbers.items():
@@ -251,8 +244,8 @@ def run_study(name: str, seeds: tuple[int, ...], workdir: pathlib.Path, datasets
 def estimate_seconds(name: str, seeds: tuple[int, ...], quick: bool) -> float:
   """A rough a-priori cost of a study (training and evaluation), for the time-left line."""
   total = 0.0
-  for _, config, axes in study_runs(name, seeds, quick):
-    members = math.prod(len(v) for v in axes.values())
+  for run in study_runs(name, seeds, quick):
+    config, members = run.config, math.prod(len(v) for v in run.axes.values())
     train = config.train_limit or 60000
     test = config.test_limit or 10000
     images = config.epochs * (train * (2 if config.eval_train else 1) + test)
@@ -302,7 +295,7 @@ def reproduce(names: tuple[str, ...] = STUDIES, seeds: tuple[int, ...] = SEEDS,
               workdir: str = "runs/reproduce", out: str = ".", quick: bool = False,
               redo: bool = False, log: Callable[[str], None] = print) -> Report:
   """Runs the studies not yet in out/reproduction.json over the seeds and adds each to it as
-  it finishes (`reproduction_report.reproduce` also writes REPRODUCTION.md)."""
+  it finishes (`reproduction_report.write` then writes REPRODUCTION.md from it)."""
   unknown = [n for n in names if n not in STUDIES]
   if unknown:
     raise ConfigError(f"--studies: unknown {', '.join(unknown)}; choose from {', '.join(STUDIES)}")
@@ -325,9 +318,9 @@ def reproduce(names: tuple[str, ...] = STUDIES, seeds: tuple[int, ...] = SEEDS,
     pace = (done_seconds + _PRIOR_SECONDS) / (done_estimate + _PRIOR_SECONDS)
     left = pace * sum(estimates[n] for n in todo[i:])
     log(f"[{i + 1}/{len(todo)}] {name}: {studies.lookup(name).description}; "
-        f"{_duration(time.perf_counter() - start)} so far, about {_duration(left)} left")
+        f"{duration(time.perf_counter() - start)} so far, about {duration(left)} left")
     try:
-      entry = run_study(name, seeds, work / name, datasets, quick, log=log)
+      entry = measure(name, seeds, work / name, datasets, quick, log=log)
     except Interrupted:
       raise Interrupted(f"interrupted in {name}; the finished studies are in {report.path}: "
                         "run the same command again to go on (an interrupted run resumes "
@@ -335,12 +328,13 @@ def reproduce(names: tuple[str, ...] = STUDIES, seeds: tuple[int, ...] = SEEDS,
     entry["compared"] = compare(name, entry["variants"], entry["test_examples"])
     differing = [v for v, rows in entry["compared"].items()
                  if rows.get(headline(rows), {}).get("verdict") == "differs"]
-    if differing and name in reference.QUIRKS:
-      changes = reference.QUIRKS[name]
-      log(f"  {name}: {', '.join(differing)} differs; running the notebook's own "
-          f"{_settings(changes)} to see whether it explains that")
-      quirk = run_study(name, seeds, work / f"{name}-notebook-quirk", datasets, quick, changes,
-                        log=log)
+    changes = studies.lookup(name).quirks
+    if differing and changes:
+      flags = settings_name({f"--{k}": v for k, v in changes.items()}, ", ")
+      log(f"  {name}: {', '.join(differing)} differs; running the notebook's own {flags} to "
+          "see whether it explains that")
+      quirk = measure(name, seeds, work / f"{name}-notebook-quirk", datasets, quick, changes,
+                      log=log)
       quirk["changes"] = changes
       quirk["compared"] = compare(name, quirk["variants"], quirk["test_examples"])
       entry["quirk"] = quirk
@@ -350,7 +344,7 @@ def reproduce(names: tuple[str, ...] = STUDIES, seeds: tuple[int, ...] = SEEDS,
     log(f"  {name}: " + "; ".join(
         f"{v} {_short(rows)}" for v, rows in entry["compared"].items()))
   report.add()
-  log(f"{len(todo)} studies in {_duration(time.perf_counter() - start)}")
+  log(f"{len(todo)} studies in {duration(time.perf_counter() - start)}")
   return report
 
 
@@ -361,11 +355,8 @@ def _short(rows: dict[str, Any]) -> str:
                  else "")
 
 
-def _settings(changes: dict[str, Any]) -> str:
-  return ", ".join(f"--{k}={v}" for k, v in changes.items())
-
-
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """A duration as "42s", "3m07s" or "2h05m"."""
   seconds = int(round(seconds))
   if seconds < 60:
     return f"{seconds}s"

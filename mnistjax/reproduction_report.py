@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from mnistjax import reference, reproduction
+from mnistjax import reproduction, studies
+from mnistjax.config import settings_name
 from mnistjax.workdir import write_bytes, write_text
 
 NOTEBOOKS = {
@@ -68,7 +69,7 @@ def _table(name: str, entry: dict[str, Any]) -> list[str]:
 def _diagnoses(name: str, entry: dict[str, Any]) -> list[str]:
   """A sentence for every number that differs: what was measured about it."""
   out = []
-  notebook_all = reference.NOTEBOOK.get(name, {})
+  notebook_all = studies.lookup(name).numbers or {}
   for variant, rows in entry["compared"].items():
     for key, (label, percent) in reproduction.QUANTITIES.items():
       row = rows.get(key)
@@ -95,7 +96,7 @@ def _diagnoses(name: str, entry: dict[str, Any]) -> list[str]:
       quirk = entry.get("quirk")
       if quirk and variant in quirk["compared"] and key in quirk["compared"][variant]:
         q = quirk["compared"][variant][key]
-        changes = ", ".join(f"{k}={v}" for k, v in quirk["changes"].items())
+        changes = settings_name(quirk["changes"], ", ")
         text += (f" Run again with the notebook's own {changes}: "
                  f"{_ours(q, percent)}, {q['verdict']}"
                  + ("; so that quirk explains the difference." if q["verdict"] == "reproduced"
@@ -138,7 +139,7 @@ def _figure(name: str, entry: dict[str, Any], path: pathlib.Path) -> None:
     fig = _heatmap(entry)
   else:
     compared, variants = entry["compared"], entry["variants"]
-    notebook = reference.NOTEBOOK.get(name, {})
+    notebook = studies.lookup(name).numbers or {}
     curves = [v for v in variants if "test_accuracy_by_epoch" in notebook.get(v, {})
               and len(notebook[v]["test_accuracy_by_epoch"]) > 1]
     fig = Figure(figsize=(5 + 4 * bool(curves), 3.6))
@@ -246,7 +247,7 @@ def markdown(body: dict[str, Any]) -> str:
   ]
   machines = sorted({e["machine"] for e in done.values()})
   total = sum(_cost(e) for e in done.values())
-  lines += [f"Ran on: {'; '.join(machines)}. The runs took {reproduction._duration(total)} "
+  lines += [f"Ran on: {'; '.join(machines)}. The runs took {reproduction.duration(total)} "
             "in all (process wall time, diagnosis runs included).", ""]
   missing = [n for n in reproduction.STUDIES if n not in done]
   if missing:
@@ -261,16 +262,16 @@ def markdown(body: dict[str, Any]) -> str:
       entry = done[name]
       lines += [f"### {name}: {entry['description']}", ""]
       lines += _table(name, entry) + [""]
-      if name in reference.STUDY_NOTES:
-        lines += [reference.STUDY_NOTES[name], ""]
+      if studies.lookup(name).notes:
+        lines += [studies.lookup(name).notes, ""]
       diagnoses = _diagnoses(name, entry)
       if diagnoses:
         lines += ["Where ours differs:", ""] + diagnoses + [""]
       if name.startswith("s4") and name != "s4_adam":
         lines += _f1_table(name, entry) + [""]
       lines += [f"![{name}]({FIGURES}/{name}.png)", "",
-                f"Runs: {reproduction._duration(_cost(entry))} (compiling "
-                f"{reproduction._duration(_compile(entry))}) on {entry['machine']}; reported "
+                f"Runs: {reproduction.duration(_cost(entry))} (compiling "
+                f"{reproduction.duration(_compile(entry))}) on {entry['machine']}; reported "
                 f"{entry['finished']}.", ""]
   return "\n".join(lines)
 
@@ -292,20 +293,13 @@ def _f1_table(name: str, entry: dict[str, Any]) -> list[str]:
            "| variant | " + " | ".join(str(c) for c in range(10)) + " |",
            "|---|" + "---|" * 10]
   for variant, ours in entry["variants"].items():
-    nb = reference.NOTEBOOK.get(name, {}).get(variant, {}).get("f1_by_class")
+    nb = (studies.lookup(name).numbers or {}).get(variant, {}).get("f1_by_class")
     if not nb or "f1_by_class" not in ours:
       continue
     mean = np.mean(np.array(ours["f1_by_class"]), axis=0)
     lines.append(f"| {variant} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(nb, mean))
                  + " |")
   return lines
-
-
-def reproduce(*args, log=print, **kwargs) -> reproduction.Report:
-  """`reproduction.reproduce`, then REPRODUCTION.md and the figures from the whole report."""
-  report = reproduction.reproduce(*args, log=log, **kwargs)
-  write(report.body, report.path.parent, log=log)
-  return report
 
 
 def write(body: dict[str, Any], out: pathlib.Path, log=print) -> None:

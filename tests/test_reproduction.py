@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mnistjax import reference, reproduction, reproduction_report, studies
+from mnistjax import reproduction, reproduction_report, studies
 from mnistjax.errors import ConfigError
 
 from test_cli import ROOT  # pylint: disable=g-bad-import-order
@@ -39,7 +39,7 @@ def test_verdicts():
   expected = reproduction.verdict("s4_activation", "activation=sigmoid", [90.0, 90.5, 91.0],
                                   79.66, True, 10000)
   assert expected["verdict"] == "differs as expected"
-  assert expected["reason"] == reference.EXPECTED["s4_activation"]["activation=sigmoid"]
+  assert expected["reason"] == studies.STUDIES["s4_activation"].expected["activation=sigmoid"]
   assert reproduction.verdict("s1_lr_wd", "lr=0.1,weight_decay=0.4", ours, None, True,
                               10000)["verdict"] == "no notebook number"
   assert reproduction.verdict("s0_activation", "activation=relu", [98.0], 98.0, True,
@@ -55,17 +55,19 @@ def test_curve_counts_the_epochs_inside():
 def test_reference_names_every_variant_of_its_study():
   """A typo in a variant name would leave a study without its notebook numbers."""
   for name in reproduction.STUDIES:
-    variants = {studies.variant_name(v) for v in studies.lookup(name).variants}
-    assert set(reference.NOTEBOOK[name]) <= variants, name
-    assert set(reference.EXPECTED.get(name, {})) <= variants, name
-  assert set(reference.NOTEBOOK) == set(reproduction.STUDIES)
+    study = studies.lookup(name)
+    variants = {studies.variant_name(v) for v in study.variants}
+    assert set(study.numbers) <= variants, name
+    assert set(study.expected) <= variants, name
+  assert set(reproduction.STUDIES) == set(studies.STUDIES) - {"speedrun"}
 
 
 def test_every_study_runs_over_the_seeds():
   for name in reproduction.STUDIES:
-    for _, config, axes in reproduction.study_runs(name, (1, 2, 3), quick=False):
-      assert axes["seed"] == (1, 2, 3)
-      assert config.epochs == (1 if name.startswith("s2") else studies.lookup(name).config.epochs)
+    for run in reproduction.study_runs(name, (1, 2, 3), quick=False):
+      assert run.axes["seed"] == (1, 2, 3)
+      assert run.config.epochs == (1 if name.startswith("s2")
+                                   else studies.lookup(name).config.epochs)
 
 
 # A run of each kind: variants one after another with per-epoch curves (s0_activation), one
@@ -76,11 +78,12 @@ KINDS = ("s0_activation", "s1_lr_wd", "s2_rmsprop", "s4_l2")
 
 def _quick_end_to_end(names, tmp_path, monkeypatch):
   # A notebook loss that 640 images can't come near: s2_rmsprop differs, so its quirk runs.
-  monkeypatch.setitem(reference.NOTEBOOK["s2_rmsprop"], "base",
+  monkeypatch.setitem(studies.STUDIES["s2_rmsprop"].numbers, "base",
                       {"train_loss_epoch1": 1000.0, "train_loss_epoch1_sem": 0.0})
   lines = []
-  report = reproduction_report.reproduce(names, seeds=(1, 2), workdir=str(tmp_path / "runs"),
-                                         out=str(tmp_path), quick=True, log=lines.append)
+  report = reproduction.reproduce(names, seeds=(1, 2), workdir=str(tmp_path / "runs"),
+                                  out=str(tmp_path), quick=True, log=lines.append)
+  reproduction_report.write(report.body, tmp_path, log=lines.append)
   body = json.loads((tmp_path / "reproduction.json").read_text())
   assert body == json.loads(json.dumps(report.body))
   assert sorted(body["studies"]) == sorted(names)
@@ -113,22 +116,22 @@ def test_quick_reproduction_end_to_end(mnist, tmp_path, monkeypatch):
   assert "Per-class F1 on the test set" in text
 
   lines.clear()  # everything is in the report: nothing runs
-  reproduction_report.reproduce(KINDS, seeds=(1, 2), workdir=str(tmp_path / "runs"),
-                                out=str(tmp_path), quick=True, log=lines.append)
+  reproduction.reproduce(KINDS, seeds=(1, 2), workdir=str(tmp_path / "runs"),
+                         out=str(tmp_path), quick=True, log=lines.append)
   assert lines[0].startswith("in ") and "(skipped)" in lines[0]
   assert not any("member(s) in one program" in line for line in lines)
 
   del body["studies"]["s4_l2"]  # as if stopped after its runs, before the report
   (tmp_path / "reproduction.json").write_text(json.dumps(body))
   lines.clear()
-  again = reproduction_report.reproduce(("s4_l2",), (1, 2), str(tmp_path / "runs"),
-                                        str(tmp_path), quick=True, log=lines.append)
+  again = reproduction.reproduce(("s4_l2",), (1, 2), str(tmp_path / "runs"), str(tmp_path),
+                                 quick=True, log=lines.append)
   assert any("finished earlier: loaded" in line for line in lines)
   assert again.body["studies"]["s4_l2"]["variants"] == report.body["studies"]["s4_l2"]["variants"]
 
   with pytest.raises(ConfigError, match="--seeds=1,2 to continue"):
-    reproduction_report.reproduce(("s4_l2",), (1, 2, 3), str(tmp_path / "runs"),
-                                  str(tmp_path), quick=True, log=lines.append)
+    reproduction.reproduce(("s4_l2",), (1, 2, 3), str(tmp_path / "runs"), str(tmp_path),
+                           quick=True, log=lines.append)
 
 
 @pytest.mark.slow

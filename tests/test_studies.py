@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from mnistjax import runner, studies
+import mnistjax
+from mnistjax import studies
 from mnistjax.errors import ConfigError
 
 # docs/studies.md, study by study: the settings that make each protocol.
@@ -77,12 +80,33 @@ def test_the_speedrun_trains_five_seeds_as_one_sweep_and_checks_its_target():
   study = studies.STUDIES["speedrun"]
   rows = [{"test_accuracy": a, "wall_seconds": 50.0, "compile_seconds": 2.0, "run": "sweep"}
           for a in (99.1, 99.0, 98.9, 99.2, 99.05)]
-  outcome = runner.target_outcome(study, rows)
+  outcome = studies.target_outcome(study, rows)
   assert outcome["reached"] and outcome["mean"] == pytest.approx(99.05)
   assert outcome["wall_seconds"] == 50.0 and outcome["compile_seconds"] == 2.0
   assert "reached" in outcome["line"] and "48.0 s without" in outcome["line"]
   rows[0]["test_accuracy"] = 98.0
-  assert not runner.target_outcome(study, rows)["reached"]
+  assert not studies.target_outcome(study, rows)["reached"]
+
+
+def test_run_study_trains_each_variant_in_its_folder_or_all_as_one_sweep(mnist, tmp_path):
+  """mnistjax.run_study, as --study runs a study: variants that can't form a sweep one after
+  another, each in workdir/<variant>; a study whose variants can, as one run in the workdir."""
+  del mnist  # the data must be there
+  small, lines = {"epochs": 1, "train_limit": 640, "test_limit": 100}, []
+  rows = mnistjax.run_study("s4_activation", small, str(tmp_path / "act"), log=lines.append)
+  assert [r["variant"] for r in rows] == [name for name, _ in studies.expand("s4_activation")]
+  assert all((tmp_path / "act" / r["variant"] / "summary.json").exists() for r in rows)
+  assert "notebook: test acc sigmoid 79.66" in lines[-1]
+
+  rows = mnistjax.run_study("s4_l2", small, str(tmp_path / "l2"), sweep={"seed": (0, 1)},
+                            log=lines.append)
+  assert [(r["variant"], r["run"]) for r in rows] == [
+      ("l2=0.0,seed=0", "sweep"), ("l2=0.0,seed=1", "sweep"), ("l2=0.8,seed=0", "sweep"),
+      ("l2=0.8,seed=1", "sweep")]
+  assert any(line.startswith("study s4_l2: ") and line.endswith("one sweep over l2, seed")
+             for line in lines)
+  assert (tmp_path / "l2" / "summary.json").exists()
+  assert json.loads((tmp_path / "l2" / "study.json").read_text())["runs"] == rows
 
 
 def test_evaluation_batch_is_the_flag_or_the_backend_default():
