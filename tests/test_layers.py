@@ -185,6 +185,17 @@ def test_patch_chunk_slices_only_large_convolutions_into_divisors_of_the_batch()
   assert layers.patch_chunk(8, 1000, whole=0, chunk=10) == 1  # an example over the slice size
 
 
+def test_conv_rule_trains_with_patches_sliced_past_the_limit_and_evaluates_with_lax(
+    monkeypatch):
+  x_shape, k_shape = (64, 28, 28, 1), (5, 5, 1, 20)
+  per_example = 24 * 24 * (25 + 20) * 4  # float32 patches and output
+  monkeypatch.setattr(layers, "PATCH_WHOLE_BYTES", 64 * per_example)
+  monkeypatch.setattr(layers, "PATCH_CHUNK_BYTES", 20 * per_example)
+  assert layers.conv_rule(x_shape, k_shape, 4, train=False) == "lax"
+  assert layers.conv_rule(x_shape, k_shape, 4, train=True) == "patches"  # fits: one piece
+  assert layers.conv_rule(x_shape, k_shape, 8, train=True) == "patches/8"  # float64: 10 -> 8
+
+
 def test_a_model_trains_the_same_with_sliced_patches(x64, monkeypatch):
   """CNN3 (BatchNorm over the whole batch between the sliced convolutions): the loss and
   every gradient as with whole-batch patches."""
