@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mnistjax import autotune, checkpoint, data, epochs, metrics, models, parallel, reporting, step
+from mnistjax import checkpoint, data, epochs, metrics, models, parallel, reporting, step
 from mnistjax import sweep as sweep_lib
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config
@@ -117,7 +117,7 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
   mode = "resume" if resume else "overwrite" if overwrite else "new"
   out = Workdir(workdir, log).open(mode) if workdir else None
   try:
-    with _StopRequest() as stop, autotune.scope(config.autotune):
+    with _StopRequest() as stop:
       return _train(config, sweep, out, dataset, resume, log, stop, wall_start)
   except KeyboardInterrupt:
     error = Interrupted(_stopped("interrupted", out))
@@ -153,12 +153,6 @@ def _train(config: Config, axes, out: Workdir | None, dataset, resume: bool, log
   reporter.log(_first_line(plan, num_params))
   if start.resumed_line:
     reporter.log(start.resumed_line)
-  kernels = models.tune(plan.model, config.batch_size, plan.eval_batch_size)
-  if autotune.active():
-    reporter.log(autotune.describe(kernels))
-  elif config.autotune and jax.process_count() > 1 and jax.default_backend() == "cpu":
-    reporter.log(f"autotune: off across {jax.process_count()} processes (each would time its "
-                 "own CPU, and all must run one program): the fixed rules")
 
   runner = epochs.make_runner(plan, members, keys, start.examples_seen)
   evaluator = epochs.Evaluator(plan)
@@ -196,7 +190,7 @@ def _train(config: Config, axes, out: Workdir | None, dataset, resume: bool, log
     records = evaluator.members(runner.members, start.epoch, runner.examples_seen,
                                 predictions=True)
   result = _finish(plan, axes, runner, records, history, reporter, out, num_params,
-                   time.perf_counter() - wall_start, kernels)
+                   time.perf_counter() - wall_start)
   if out:
     out.replaced_done()
   return result
@@ -273,7 +267,7 @@ def _stopped(what: str, out: Workdir | None) -> str:
 
 
 def _finish(plan: epochs.Plan, axes, runner, records, history, reporter, out, num_params,
-            wall_seconds, kernels: list[autotune.Decision]) -> Result:
+            wall_seconds) -> Result:
   """The summary (as summary.json), the closing lines and the result files; the Result."""
   alive = np.atleast_1d(parallel.to_host(runner.members.alive))
   predictions = np.stack([r.pop("predictions") for r in records])
@@ -291,8 +285,7 @@ def _finish(plan: epochs.Plan, axes, runner, records, history, reporter, out, nu
              "wall_seconds": wall_seconds, "compile_seconds": timing.compile_seconds,
              "train_images_per_second": timing.images_per_second,
              "member_images_per_second": (timing.images_per_second or 0) * len(plan.group),
-             "backend": jax.default_backend(), "devices": plan.dp.size if plan.dp else 1,
-             "kernels": [d.to_dict() for d in kernels]}
+             "backend": jax.default_backend(), "devices": plan.dp.size if plan.dp else 1}
   if reporter.plain:
     reporter.log(f"final test accuracy {records[-1]['test_accuracy']:.2f}%, wall "
                  f"{wall_seconds:.1f}s" + (f", results in {out.path}" if out else ""))
