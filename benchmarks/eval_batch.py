@@ -1,43 +1,36 @@
 """Evaluation time by batch size: is the CPU default (`--eval_batch_size=0`: 500) right here?
 
   python benchmarks/eval_batch.py [--model=lenet] [--batch_sizes=100,250,500,1000,2000]
-      [--images=60000] [--rounds=3] [--autotune=false]
+      [--images=60000] [--rounds=3]
 
 Scores --images synthetic images (the time does not depend on the pixels) with the
 evaluation step a run uses (`step.eval_step`, batches of `data.eval_batches`, the last one
 padded), once per batch size and round, in interleaved rounds in one process (each program
 compiled and warmed up first), and prints each batch size's best and median seconds, and its
 speed against the default batch's in the same rounds (the median of the rounds' ratios; above
-1: faster than the default). --autotune: each batch
-size with its own tuned evaluation kernels (timed first, in a fresh cache), as a run's are;
-else the fixed rules. The first line names the machine.
+1: faster than the default). The first line names the machine.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import statistics
-import tempfile
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from mnistjax import autotune, config as config_lib, data, machine, models, optim, step
+from mnistjax import config as config_lib, data, machine, models, optim, step
 
 flags.DEFINE_string("model", "lenet", "model to evaluate")
 flags.DEFINE_list("batch_sizes", ["100", "250", "500", "1000", "2000"], "batch sizes to time")
 flags.DEFINE_integer("images", 60000, "images scored per measurement (MNIST's train set: 60000)")
 flags.DEFINE_integer("rounds", 3, "interleaved rounds (best and median reported)")
-flags.DEFINE_bool("autotune", False, "tune each batch size's evaluation kernels first")
 FLAGS = flags.FLAGS
 
 
 def main(_):
-  if FLAGS.autotune:  # a fresh cache, so that nothing is read from an earlier run's
-    os.environ[autotune.ENV_CACHE_DIR] = tempfile.mkdtemp(prefix="mnistjax-eval-autotune-")
   sizes = [int(b) for b in FLAGS.batch_sizes]
   default = config_lib.Config().eval_batch("cpu")
   cfg = config_lib.Config(model=FLAGS.model)
@@ -47,15 +40,12 @@ def main(_):
   rng = np.random.default_rng(0)
   split = data.Split(rng.integers(0, 256, (FLAGS.images, 28, 28), dtype=np.uint8),
                      rng.integers(0, 10, FLAGS.images, dtype=np.uint8))
-  print(f"{machine.line()}; {FLAGS.model}, {FLAGS.images} images, "
-        f"{'autotuned' if FLAGS.autotune else 'fixed-rule'} kernels", flush=True)
+  print(f"{machine.line()}; {FLAGS.model}, {FLAGS.images} images", flush=True)
 
   runs = {}
   for b in sizes:
-    with autotune.scope(FLAGS.autotune):
-      models.tune(model, 0, b)  # evaluation kernels only (training batch 0: none)
-      evaluate = jax.jit(functools.partial(step.eval_step, model=model, norm=(0.1307, 0.3081)))
-      evaluate(state, next(data.eval_batches(split, b)))["correct"].block_until_ready()
+    evaluate = jax.jit(functools.partial(step.eval_step, model=model, norm=(0.1307, 0.3081)))
+    evaluate(state, next(data.eval_batches(split, b)))["correct"].block_until_ready()
 
     def run(b=b, evaluate=evaluate) -> float:
       start = time.perf_counter()

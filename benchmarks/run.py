@@ -5,18 +5,15 @@
       [--steps=50] [--rounds=3] [--epoch_models=lenet,mlp_deep] [--s0a] [--out=bench.json]
 
 The header names the CPU, its vector extensions and caches. For each model at its
-notebook's batch size and optimiser it prints, for JAX (autotuned kernels, and the fixed
-rules of --autotune=false) and for PyTorch eager (NCHW as the notebooks, and
-channels-last for the conv nets):
+notebook's batch size and optimiser it prints, for JAX and for PyTorch eager (NCHW as
+the notebooks, and channels-last for the conv nets):
 steady-state training images/s, the ratio against the faster PyTorch layout, the
 compile time (JAX) or first step (PyTorch), the wall time of a whole epoch including
 the evaluation of the train and test sets, the peak resident memory of the process,
 and the fraction of this machine's fp32 matmul peak that the JAX step reaches
 (the FLOPs XLA counts in the step / step time / the peak of a large jnp matmul
-measured in the same run); then the autotuned step against the fixed rules, what tuning
-cost (a fresh cache unless --cache_dir) and the implementation chosen per layer
-(all of it, with every candidate's time, in the JSON). With --s0a it also times the whole
-S0a relu run (5 epochs, train and test evaluated after each), start of the process to its end:
+measured in the same run). With --s0a it also times the whole S0a relu run (5 epochs,
+train and test evaluated after each), start of the process to its end:
 `experiments/run.py` against the same protocol in PyTorch.
 
 Every measurement runs in its own child process, one after another, so that peak
@@ -40,7 +37,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app, flags
@@ -57,8 +53,6 @@ flags.DEFINE_integer("steps", 50, "timed steps per repeat (3 repeats, median)")
 flags.DEFINE_integer("rounds", 3, "interleaved rounds of every measurement (median reported)")
 flags.DEFINE_bool("s0a", False, "also time the whole S0a relu run in both frameworks")
 flags.DEFINE_string("out", None, "also write the results as JSON here")
-flags.DEFINE_string("cache_dir", None, "the autotune cache to use (default: a fresh one, so "
-                    "that the first round measures what tuning costs)")
 flags.DEFINE_string("worker", None, "internal: the measurement a child process makes")
 flags.DEFINE_string("model", None, "internal: the child's model")
 flags.DEFINE_bool("epoch", False, "internal: the child also times a whole epoch")
@@ -118,41 +112,25 @@ def step_flops(model, tx, norm, state, batch, key) -> float:
   convolutions would be undercounted; the arithmetic is the same."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from mnistjax import autotune, layers, step  # pylint: disable=g-import-not-at-top
+  from mnistjax import layers, step  # pylint: disable=g-import-not-at-top
   saved, layers.PATCH_WHOLE_BYTES = layers.PATCH_WHOLE_BYTES, 1 << 62
   try:
-    with autotune.scope(False):
-      train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm))
-      return float((train_step.lower(state, batch, key).cost_analysis() or {}).get("flops", 0.0))
+    train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm))
+    return float((train_step.lower(state, batch, key).cost_analysis() or {}).get("flops", 0.0))
   finally:
     layers.PATCH_WHOLE_BYTES = saved
 
 
-def worker_jax(model_name: str, steps: int, epoch: bool, tuned: bool) -> dict:
+def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
   """What a run trains with: a plain run is one member, stepped on CPU in windows of
-  sweep.WINDOW_STEPS batches (sweep.window_step); seconds per step are per batch. tuned: the
-  autotuned kernels (timed now, or read from the cache), else the fixed rules."""
-  from mnistjax import autotune, driver, models  # pylint: disable=g-import-not-at-top
-  config = protocol(model_name).replace(devices=1, autotune=tuned)
-  dataset, _ = load(config)
-  plan = driver.setup(config, dataset)
-  with autotune.scope(tuned):
-    start = time.perf_counter()
-    decisions = models.tune(plan.model, config.batch_size, plan.eval_batch_size)
-    tuning_seconds = time.perf_counter() - start
-    result = _time_jax(plan, dataset, steps, epoch)
-  kernels = [{"layers": d.layers, "signature": d.signature, "choice": d.choice,
-              "source": d.source, "seconds": d.seconds} for d in decisions]
-  return {**result, "kernels": kernels, "tuning_seconds": tuning_seconds,
-          "timed_shapes": sum(d.source == "timed" for d in decisions)}
-
-
-def _time_jax(plan, dataset, steps: int, epoch: bool) -> dict:
+  sweep.WINDOW_STEPS batches (sweep.window_step); seconds per step are per batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mnistjax import data, epochs, step, sweep  # pylint: disable=g-import-not-at-top
-  config = plan.config
+  from mnistjax import data, driver, epochs, step, sweep  # pylint: disable=g-import-not-at-top
+  config = protocol(model_name).replace(devices=1)
+  dataset, _ = load(config)
+  plan = driver.setup(config, dataset)
   members, keys = sweep.init(plan.model, plan.group, len(dataset.train))
   b = config.batch_size
   w = min(steps, sweep.WINDOW_STEPS)  # fewer only for a quick check (the tests)
@@ -262,8 +240,7 @@ def main(argv):
   del argv
   if FLAGS.worker:
     result = {"peak": worker_peak,
-              "jax": lambda: worker_jax(FLAGS.model, FLAGS.steps, FLAGS.epoch, True),
-              "jax_rules": lambda: worker_jax(FLAGS.model, FLAGS.steps, FLAGS.epoch, False),
+              "jax": lambda: worker_jax(FLAGS.model, FLAGS.steps, FLAGS.epoch),
               "torch": lambda: worker_torch(FLAGS.model, FLAGS.steps, FLAGS.epoch, False),
               "torch_cl": lambda: worker_torch(FLAGS.model, FLAGS.steps, FLAGS.epoch, True),
               "torch_s0a": worker_torch_s0a}[FLAGS.worker]()
@@ -274,13 +251,6 @@ def main(argv):
   except ImportError:
     sys.exit("benchmarks/run.py: error: PyTorch is not installed; run "
              "python -m pip install -e \".[bench]\"")
-  from mnistjax import autotune  # pylint: disable=g-import-not-at-top
-  fresh = None
-  if FLAGS.cache_dir:
-    os.environ[autotune.ENV_CACHE_DIR] = FLAGS.cache_dir
-  else:
-    fresh = tempfile.TemporaryDirectory(prefix="mnistjax-bench-autotune-")
-    os.environ[autotune.ENV_CACHE_DIR] = fresh.name
   peak, _ = child("--worker=peak")
   caches = ", ".join(f"{k} {v >> 10} KiB" for k, v in peak["machine"]["caches"].items())
   print(f"{machine.line(peak['machine'])}; caches {caches or 'not reported'}; fp32 matmul "
@@ -290,8 +260,7 @@ def main(argv):
             f"{'epoch s':>8} {'test %':>7} {'RSS MB':>7} {'of peak':>7}")
   print(header)
   for model in FLAGS.models:
-    # jax: autotuned kernels; jax_rules: the fixed rules (--autotune=false).
-    impls = ["jax", "jax_rules", "torch"] + (["torch_cl"] if model != "mlp_deep" else [])
+    impls = ["jax", "torch"] + (["torch_cl"] if model != "mlp_deep" else [])
     rounds = {impl: [] for impl in impls}
     for r in range(FLAGS.rounds):  # interleaved: a drift of the machine hits every impl alike
       for impl in impls:
@@ -319,41 +288,27 @@ def main(argv):
             f"{r.get('epoch_test_accuracy', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} "
             + (f"{r['fraction_of_peak']:7.1%}" if impl.startswith("jax") else f"{'':>7}"),
             flush=True)
-    tuned, _ = paired_ratio(rows["jax_rules"]["rounds_seconds_per_step"],
-                            rows["jax"]["rounds_seconds_per_step"])
-    first = rows["jax"]
-    choices = ", ".join(
-        f"{'+'.join(k['layers'])}{' (eval)' if k['signature'].startswith('eval') else ''} "
-        f"{k['choice']}" for k in first["kernels"])
-    print(f"{'':<9} autotuned / fixed rules: {tuned:.2f}x; tuning cost "
-          f"{first['tuning_seconds']:.1f} s ({first['timed_shapes']} shapes timed in round 1, "
-          f"later rounds read the cache); {choices}", flush=True)
-    rows["autotuned_vs_rules"] = tuned
     results["models"][model] = rows
   if FLAGS.s0a:
-    walls = {"jax": [], "jax_rules": [], "torch": []}
+    walls = {"jax": [], "torch": []}
     s0a = ["experiments/run.py", "--model=lenet", "--activation=relu", "--checkpoint=false"]
     for _ in range(FLAGS.rounds):
-      jax_run, wall = whole_run(s0a)  # the cache holds LeNet's kernels from the first round
+      jax_run, wall = whole_run(s0a)
       walls["jax"].append(wall)
-      _, wall = whole_run(s0a + ["--autotune=false"])
-      walls["jax_rules"].append(wall)
       torch_run, wall = child("--worker=torch_s0a")
       walls["torch"].append(wall)
     medians = {k: statistics.median(v) for k, v in walls.items()}
     ratio, ratios = paired_ratio(walls["torch"], walls["jax"])
-    rules_ratio, rules_ratios = paired_ratio(walls["torch"], walls["jax_rules"])
-    results["s0a"] = {"jax_seconds": medians["jax"], "jax_rules_seconds": medians["jax_rules"],
-                      "torch_seconds": medians["torch"], "ratio": ratio, "rounds_ratio": ratios,
-                      "rules_ratio": rules_ratio, "rounds_rules_ratio": rules_ratios,
-                      "rounds_seconds": walls, "jax_final": jax_run["output"],
+    results["s0a"] = {"jax_seconds": medians["jax"], "torch_seconds": medians["torch"],
+                      "ratio": ratio, "rounds_ratio": ratios, "rounds_seconds": walls,
+                      "jax_final": jax_run["output"],
                       "torch_test_accuracy": torch_run["test_accuracy"],
                       "torch_peak_rss_mb": torch_run["peak_rss_mb"]}
     print(f"S0a relu, whole run (5 epochs + train/test evaluation each, process start to end), "
-          f"median of {FLAGS.rounds}: mnistjax {medians['jax']:.1f} s (fixed rules "
-          f"{medians['jax_rules']:.1f} s), PyTorch {medians['torch']:.1f} s, ratio {ratio:.2f} "
-          f"(fixed rules {rules_ratio:.2f}; medians of the rounds' ratios); PyTorch final test "
-          f"accuracy {torch_run['test_accuracy'][-1]:.2f}%; mnistjax: {jax_run['output']}")
+          f"median of {FLAGS.rounds}: mnistjax {medians['jax']:.1f} s, PyTorch "
+          f"{medians['torch']:.1f} s, ratio {ratio:.2f} (median of the rounds' ratios); PyTorch "
+          f"final test accuracy {torch_run['test_accuracy'][-1]:.2f}%; mnistjax: "
+          f"{jax_run['output']}")
   if FLAGS.out:
     pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -32,10 +32,13 @@ def _kind(field) -> str:
 
 
 def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """One flag per Config field, with the field's default and help."""
+  """One flag per Config field, with the field's default and help; and the flags of
+  config.RETIRED settings, accepted and ignored (parse_flags notes it)."""
   for field in config_lib.fields():
     _DEFINE[_kind(field)](field.name, field.default, field.metadata["help"],
                           flag_values=flag_values)
+  for name, why in config_lib.RETIRED.items():
+    flags.DEFINE_bool(name, None, f"gone ({why}); ignored", flag_values=flag_values)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
@@ -120,6 +123,9 @@ def parse_flags(argv: list[str], doc: str = "", main_flags: tuple[str, ...] = ()
   except flags.Error as e:
     fail(str(e).splitlines()[0])
     raise  # unreachable: fail exits
+  for name, why in config_lib.RETIRED.items():
+    if name in flags.FLAGS and flags.FLAGS[name].present:
+      print(f"--{name} is gone: {why}; the flag is ignored", flush=True)
   if not flags.FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   return rest

@@ -81,10 +81,11 @@ class Config:
                            _RUN)
   devices: int = _field(0, "data-parallel over this many local devices (0 = all of them)", _RUN)
   checkpoint: bool = _field(True, "checkpoint every epoch in the workdir (for --resume)", _RUN)
-  autotune: bool = _field(True, "CPU: time each convolution's and pooling's implementations "
-                          "once on this machine and use the fastest (cached in "
-                          "$MNISTJAX_CACHE_DIR, default ~/.cache/mnistjax); false: fixed rules",
-                          _RUN)
+
+  @classmethod
+  def from_dict(cls, saved: dict[str, Any]) -> Config:
+    """The Config of a config.json's "config" (Config.to_dict()), RETIRED settings dropped."""
+    return cls(**{k: v for k, v in saved.items() if k not in RETIRED})
 
   def replace(self, **changes) -> Config:
     return dataclasses.replace(self, **changes)
@@ -164,8 +165,12 @@ class Config:
 # optimiser's kind) would continue one run with another's state and mix the two.
 RESUME_MAY_CHANGE = ("epochs", "lr", "momentum", "nesterov", "weight_decay", "alpha", "eps",
                      "beta1", "beta2", "l2", "schedule", "warmup_epochs", "eval_batch_size",
-                     "eval_train", "log_every", "epoch_loop", "devices", "checkpoint", "autotune",
+                     "eval_train", "log_every", "epoch_loop", "devices", "checkpoint",
                      "data_dir", "data_source", "verify_data")
+
+# Settings that earlier versions had, and why they are gone: a config.json that holds one still
+# loads and resumes, and its flag is accepted and ignored, so old runs and scripts keep working.
+RETIRED = {"autotune": "every layer uses its fixed rule"}
 
 
 def fields() -> tuple[dataclasses.Field, ...]:

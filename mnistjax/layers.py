@@ -1,14 +1,11 @@
 """Building blocks shared by every model: initialisers, convolution, pooling, dropout, activations.
 
-A convolution and a max pooling each have several implementations of the same
-maths (CONV_IMPLS, POOL_IMPLS). On CPU, which one is fastest depends on the shape
-and on the CPU, so by default ("auto") mnistjax.autotune picks per shape by timing
-them on this machine; without tuning, and on GPU/TPU, fixed rules decide (conv_rule,
-pool_rule): on CPU, training convolves as patches @ kernel (one matmul whose
-gradient XLA:CPU also runs at matmul speed, where `lax.conv` trains slower, and
-several times slower again under `vmap` or `lax.scan`, jax-ml/jax#12868), sliced
-where the patch tensor would leave the cache. Parameters are the same whatever
-runs (kernel H x W x I x O, bias O).
+A convolution has several implementations of the same maths (CONV_IMPLS); a fixed
+rule picks one per shape (conv_rule): on CPU, training convolves as patches @ kernel
+(one matmul whose gradient XLA:CPU also runs at matmul speed, where `lax.conv` trains
+slower, and several times slower again under `vmap` or `lax.scan`, jax-ml/jax#12868),
+sliced where the patch tensor would leave the cache; evaluation, and GPU/TPU, use
+`lax.conv`. Parameters are the same whatever runs (kernel H x W x I x O, bias O).
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mnistjax import autotune, machine
+from mnistjax import machine
 from mnistjax.errors import ConfigError
 
 Initializer = Callable[..., jax.Array]
@@ -72,17 +69,15 @@ def bias_init(name: str, fan_in: int) -> Initializer:
 # Linear layers
 
 
-# A convolution runs one of several implementations, all the same maths (model tests pin each
-# against lax.conv, values and gradients): "lax" (lax.conv), "patches" (patches @ kernel, one
-# matmul), "patches/N" (the same, N examples of the batch at a time: no patch tensor of the
-# whole batch is built), "rows" (kh matmuls of row patches: kh times fewer patch bytes, kh
-# smaller matmuls). "auto" asks mnistjax.autotune, which times them on this CPU; without
-# tuning, conv_rule decides.
-CONV_IMPLS = ("lax", "patches", "patches/N", "rows", "auto")
+# A convolution runs one of these implementations, all the same maths (tests pin each against
+# lax.conv, values and gradients): "lax" (lax.conv), "patches" (patches @ kernel, one matmul),
+# "patches/N" (the same, N examples of the batch at a time: no patch tensor of the whole
+# batch is built). conv_rule picks one per shape.
+CONV_IMPLS = ("lax", "patches", "patches/N")
 
 
 def _patch_limits() -> tuple[int, int]:
-  """The fixed rule's (whole, chunk) byte limits: from the CPU's last-level cache (a 32 MB L3
+  """conv_rule's (whole, chunk) byte limits: from the CPU's last-level cache (a 32 MB L3
   gives 10 MB and 4 MB, the limits measured on a Zen 4: README, Performance), unless
   PATCH_WHOLE_BYTES / PATCH_CHUNK_BYTES set them."""
   llc = machine.last_level_cache_bytes()
@@ -111,13 +106,6 @@ def patch_chunk(batch: int, bytes_per_example: int, whole: int | None = None,
   return n
 
 
-def _largest_divisor(batch: int, at_most: int) -> int:
-  n = max(1, min(batch, at_most))
-  while batch % n:
-    n -= 1
-  return n
-
-
 def _patch_bytes(x_shape, kernel_shape, itemsize: int) -> int:
   """Bytes per example of a patch convolution's patches and output."""
   kh, kw, ci, co = kernel_shape
@@ -125,28 +113,12 @@ def _patch_bytes(x_shape, kernel_shape, itemsize: int) -> int:
 
 
 def conv_rule(x_shape, kernel_shape, itemsize: int, train: bool) -> str:
-  """The fixed rule (autotune off): on CPU, training uses patches, sliced where they would
-  leave the cache (patch_chunk); evaluation, and GPU/TPU, use lax.conv."""
+  """The implementation a convolution runs: on CPU, training uses patches, sliced where they
+  would leave the cache (patch_chunk); evaluation, and GPU/TPU, use lax.conv."""
   if not train or jax.default_backend() != "cpu":
     return "lax"
   n = patch_chunk(x_shape[0], _patch_bytes(x_shape, kernel_shape, itemsize))
   return "patches" if n == x_shape[0] else f"patches/{n}"
-
-
-def conv_candidates(x_shape, kernel_shape, itemsize: int, train: bool) -> list[str]:
-  """What the tuner times for a convolution: whole and row patches, and in training patches in
-  slices (about a sixteenth of the batch, and the rule's), and lax.conv for evaluation only:
-  in training its gradient runs inside a loop (a window's lax.scan), where XLA:CPU runs it
-  3 to 60 times slower than the patch forms on every shape measured (jax-ml/jax#12868;
-  README, Performance), and timing it there would cost up to half a minute a shape."""
-  if not train:  # (slices measured slower than lax.conv in evaluation, also at batch 500)
-    return ["lax", "patches", "rows"]
-  b = x_shape[0]
-  sizes = {_largest_divisor(b, b // 16)}
-  rule = conv_rule(x_shape, kernel_shape, itemsize, True)
-  if rule.startswith("patches/"):
-    sizes.add(int(rule.split("/")[1]))
-  return ["patches", "rows"] + [f"patches/{n}" for n in sorted(sizes, reverse=True) if n < b]
 
 
 def _patches(x_BxHxWxI: jax.Array, kh: int, kw: int) -> jax.Array:
@@ -164,18 +136,6 @@ def _patch_matmul(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array) -> jax.Array:
   # A 2-D matmul: its kernel gradient is then one plain GEMM (patches^T @ dy), where XLA:CPU
   # runs the 4-D form's contraction over (b, h, w) as a slower general dot.
   return (patches.reshape(b * h * w, f) @ kernel_KxKxIxO.reshape(f, co)).reshape(b, h, w, co)
-
-
-def _row_patch_conv(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array) -> jax.Array:
-  """sum over kernel rows i of (row patches shifted by i) @ kernel[i]: patches of one kernel
-  row (kw I features) over the full height, built once; kh matmuls read them at offsets."""
-  kh, kw, ci, co = kernel_KxKxIxO.shape
-  b, hi, wi, _ = x_BxHxWxI.shape
-  h, w = hi - kh + 1, wi - kw + 1
-  rows = jnp.concatenate([x_BxHxWxI[:, :, j:j + w, :] for j in range(kw)], axis=-1)
-  kernel = kernel_KxKxIxO.reshape(kh, kw * ci, co)
-  y = sum(rows[:, i:i + h].reshape(b * h * w, kw * ci) @ kernel[i] for i in range(kh))
-  return y.reshape(b, h, w, co)
 
 
 def _slices(a: jax.Array, n: int) -> jax.Array:
@@ -216,66 +176,12 @@ def _sliced_patch_conv_bwd(n, residuals, dy_BxhxwxO):
 _sliced_patch_conv.defvjp(_sliced_patch_conv_fwd, _sliced_patch_conv_bwd)
 
 
-def _conv_signature(x_shape, kernel_shape, dtype, train: bool) -> str:
-  return (f"{'train' if train else 'eval'} x{'x'.join(map(str, x_shape))} "
-          f"k{'x'.join(map(str, kernel_shape))} {jnp.dtype(dtype).name}")
-
-
-def _tuning_program(body: Callable[[jax.Array, tuple], jax.Array], shapes: tuple, dtype):
-  """A candidate for the tuner: body(carry, args) -> carry, twice inside a lax.scan (as a step
-  runs in a window: XLA:CPU runs some forms several times slower in a loop, jax-ml/jax#12868),
-  compiled for random args of these shapes (arguments, never constants, which XLA would fold
-  while compiling)."""
-  def build():
-    keys = jax.random.split(jax.random.key(0), len(shapes))
-    args = tuple(jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes))
-
-    def program(*a):
-      return lax.scan(lambda c, _: (body(c, a), None), jnp.zeros((), a[0].dtype), None,
-                      length=2)[0]
-    compiled = jax.jit(program).lower(*args).compile()
-    return lambda: compiled(*args).block_until_ready()
-  return build
-
-
-def _tuning(fn: Callable[..., jax.Array], shapes: tuple, dtype, impls: Callable[[], list[str]],
-            train: bool):
-  """The tuner's candidates of one op, fn(impl, *args), one per impl: forward and backward in
-  training, forward only in evaluation."""
-  def candidate(impl):
-    def body(carry, args):
-      first, *rest = args
-      def op(*a):
-        return fn(impl, *a)
-      if not train:  # sums: XLA would compute only the elements a slice reads
-        return carry + 1e-6 * jnp.sum(op(first + carry, *rest))
-      y, vjp = jax.vjp(op, first + carry, *rest)
-      return carry + 1e-6 * sum(jnp.sum(g) for g in vjp(y))
-    return body
-  return lambda: {impl: _tuning_program(candidate(impl), shapes, dtype) for impl in impls()}
-
-
-def _conv_tuning(x_shape, kernel_shape, dtype, train: bool):
-  return _tuning(lambda impl, x, k: conv2d(x, k, impl), (x_shape, kernel_shape), dtype,
-                 lambda: conv_candidates(x_shape, kernel_shape, jnp.dtype(dtype).itemsize, train),
-                 train)
-
-
-def conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, impl: str = "lax",
-           train: bool = False, label: str | None = None) -> jax.Array:
+def conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, impl: str = "lax") -> jax.Array:
   """VALID, stride-1 convolution by impl (see CONV_IMPLS): "patches/N" slices the batch N
-  examples at a time (N divides it); "auto" asks mnistjax.autotune (train: the forward and
-  backward are timed, else the forward; label names the layer in its report)."""
-  if impl == "auto":
-    shape, kshape, dtype = x_BxHxWxI.shape, kernel_KxKxIxO.shape, x_BxHxWxI.dtype
-    impl = autotune.choose("conv", _conv_signature(shape, kshape, dtype, train),
-                           _conv_tuning(shape, kshape, dtype, train),
-                           conv_rule(shape, kshape, dtype.itemsize, train), label)
+  examples at a time (N divides it)."""
   if impl == "lax":
     return lax.conv_general_dilated(x_BxHxWxI, kernel_KxKxIxO, (1, 1), "VALID",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  if impl == "rows":
-    return _row_patch_conv(x_BxHxWxI, kernel_KxKxIxO)
   kind, _, n = impl.partition("/")
   if kind != "patches" or (n and (not n.isdigit() or int(n) == 0
                                   or x_BxHxWxI.shape[0] % int(n))):
@@ -293,7 +199,7 @@ class Conv2d(nn.Module):
   padding: int = 0
   kernel_init: Initializer = KERNEL_INITS["torch_default"]
   bias: str = "torch"  # "torch", "zeros" or "none"
-  impl: str = "auto"  # see CONV_IMPLS
+  impl: str | None = None  # see CONV_IMPLS; None: conv_rule's choice for the shape
 
   @nn.compact
   def __call__(self, x_BxHxWxI: jax.Array, train: bool = False) -> jax.Array:
@@ -302,7 +208,8 @@ class Conv2d(nn.Module):
     if self.padding:
       p = self.padding
       x_BxHxWxI = jnp.pad(x_BxHxWxI, ((0, 0), (p, p), (p, p), (0, 0)))
-    y = conv2d(x_BxHxWxI, kernel, self.impl, train, self.name)
+    impl = self.impl or conv_rule(x_BxHxWxI.shape, kernel.shape, x_BxHxWxI.dtype.itemsize, train)
+    y = conv2d(x_BxHxWxI, kernel, impl)
     if self.bias != "none":
       y = y + self.param("bias", bias_init(self.bias, k * k * ci), (self.features,))
     return y
@@ -327,50 +234,14 @@ class Dense(nn.Module):
 # Pooling, dropout, normalisation, activations
 
 
-# Max pooling's implementations, the same values and gradients (tests pin each against
-# reduce_window): "reshape" (non-overlapping windows that tile the input: one reshape and a
-# max), "separable" (the maximum along rows, then along columns: 2 (window - 1) maxima, not
-# window^2 - 1), "window" (lax.reduce_window), "auto" (mnistjax.autotune; without tuning,
-# pool_rule).
-POOL_IMPLS = ("reshape", "separable", "window", "auto")
-
-
-def _tiles(shape, window: int, stride: int) -> bool:
-  return stride == window and shape[1] % window == 0 and shape[2] % window == 0
-
-
-def pool_rule(shape, window: int, stride: int) -> str:
-  """The fixed rule: reshape where the windows tile the input, else separable (XLA:CPU's
-  reduce_window and its gradient were slower in training on the Zen 4 and the Ice Lake)."""
-  return "reshape" if _tiles(shape, window, stride) else "separable"
-
-
-def _pool_tuning(shape, dtype, window: int, stride: int, train: bool):
-  impls = (["reshape"] if _tiles(shape, window, stride) else []) + ["separable", "window"]
-  return _tuning(lambda impl, x: max_pool(x, window, stride, impl), (shape,), dtype,
-                 lambda: impls, train)
-
-
-def max_pool(x_BxHxWxC: jax.Array, window: int, stride: int | None = None, impl: str = "auto",
-             train: bool = False, label: str | None = None) -> jax.Array:
-  """Max pooling, VALID, by impl (see POOL_IMPLS; "reshape" needs windows that tile x)."""
+def max_pool(x_BxHxWxC: jax.Array, window: int, stride: int | None = None) -> jax.Array:
+  """Max pooling, VALID. Windows that tile the input: one reshape and a max; else separable,
+  the maximum along rows, then along columns (2 (window - 1) maxima, not window^2 - 1).
+  Values and gradients equal lax.reduce_window's, which XLA:CPU runs slower in training."""
   stride = stride or window
-  shape = x_BxHxWxC.shape
-  if impl == "auto":
-    signature = (f"{'train' if train else 'eval'} x{'x'.join(map(str, shape))} w{window} "
-                 f"s{stride} {x_BxHxWxC.dtype.name}")
-    impl = autotune.choose("pool", signature,
-                           _pool_tuning(shape, x_BxHxWxC.dtype, window, stride, train),
-                           pool_rule(shape, window, stride), label)
-  b, h, w, c = shape
-  if impl == "reshape" and _tiles(shape, window, stride):
+  b, h, w, c = x_BxHxWxC.shape
+  if stride == window and h % window == 0 and w % window == 0:
     return x_BxHxWxC.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
-  if impl == "window":
-    return lax.reduce_window(x_BxHxWxC, -jnp.inf, lax.max, (1, window, window, 1),
-                             (1, stride, stride, 1), "VALID")
-  if impl != "separable":
-    raise ValueError(f"pooling impl {impl!r}: one of {', '.join(POOL_IMPLS)} (reshape only "
-                     "where the windows tile the input)")
   ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
   rows = functools.reduce(jnp.maximum, [x_BxHxWxC[:, i:i + stride * (ho - 1) + 1:stride]
                                         for i in range(window)])

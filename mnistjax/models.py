@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnistjax import autotune, layers
+from mnistjax import layers
 from mnistjax.errors import ConfigError
 
 
@@ -59,10 +58,10 @@ class ConvNet(nn.Module):
     # first gives the same numbers with a quarter of the activation work (and its gradient).
     plain = (self.activation in layers.MONOTONE_ACTIVATIONS and not self.batchnorm
              and isinstance(self.dropout, (int, float)) and self.dropout == 0)
+    pool = functools.partial(layers.max_pool, window=2)
     x = x_BxHxWx1
     for i, (f, k, p) in enumerate(zip(self.features, self.kernel_sizes, self.padding), 1):
       x = layers.Conv2d(f, k, p, kinit, name=f"conv{i}")(x, train)
-      pool = functools.partial(layers.max_pool, window=2, train=train, label=f"pool{i}")
       x = post(pool(x), i) if plain else pool(post(x, i))
     x = x.reshape(x.shape[0], -1)
     x = post(layers.Dense(self.hidden, kinit, name="fc1")(x), len(self.features) + 1)
@@ -94,7 +93,7 @@ class CNN3(nn.Module):
         x = layers.batch_norm(train, name=f"bn{i}")(x, mask=layers.example_mask(mask, x))
       x = act(x)
       if pool:
-        x = layers.max_pool(x, *pool, train=train, label=f"pool{i}")
+        x = layers.max_pool(x, *pool)
     x = layers.Dropout(self.dropout)(x.reshape(x.shape[0], -1), train)
     return jax.nn.log_softmax(layers.Dense(self.num_classes, kinit, name="fc")(x))
 
@@ -201,58 +200,6 @@ def _init(model: nn.Module, key: jax.Array, batch_size: int) -> dict:
 
 
 _compiled_init = jax.jit(_init, static_argnums=(0, 2))
-
-
-def tune(model: nn.Module, batch_size: int, eval_batch_size: int | None = None
-         ) -> list[autotune.Decision]:
-  """Inside an autotune.scope that tunes: chooses the implementation of every convolution and
-  pooling of the model, for training at batch_size (confirmed in its loss-and-gradient
-  program) and evaluation at eval_batch_size (in its forward pass), or reads them from the
-  cache; the programs traced afterwards use them. Returns the decisions ([] where tuning is
-  off)."""
-  if not autotune.active():
-    return []
-  dtype = jnp.result_type(float)
-  variables = init(model, jax.random.key(0))
-  rngs = {"dropout": jax.random.key(0)}
-
-  def apply(v, x, train):
-    if train:
-      return model.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"])[0]
-    return model.apply(v, x)
-
-  def program(batch: int, train: bool) -> autotune.Candidate:
-    """What the run spends its time in, twice in a loop as the run's window: the loss and
-    every gradient (training) or the forward pass (evaluation). The variables are arguments,
-    never constants, which XLA would fold while compiling."""
-    def run(v, xs):
-      def body(carry, x):
-        if not train:
-          return carry + 1e-6 * jnp.sum(apply(v, x + carry, False)), None
-        loss = lambda p: jnp.sum(apply({**v, "params": p}, x + carry, True)[:, 0])  # noqa: E731
-        value, grads = jax.value_and_grad(loss)(v["params"])
-        return carry + 1e-6 * (value + sum(jnp.sum(g) for g in jax.tree.leaves(grads))), None
-      return jax.lax.scan(body, jnp.zeros((), dtype), xs)[0]
-
-    def build():
-      x = jax.random.normal(jax.random.key(1), (batch, 28, 28, 1), dtype)
-      xs = jnp.stack([x, x])
-      compiled = jax.jit(run).lower(variables, xs).compile()
-      return lambda: compiled(variables, xs).block_until_ready()
-    return build
-
-  # The settled choices are the program's: another model with the same layer shapes (another
-  # activation, BatchNorm or dropout around them) is confirmed in place on its own.
-  fingerprint = hashlib.sha256(repr(model).encode()).hexdigest()[:16]
-
-  decisions = []
-  for batch, train in ((batch_size, True), (eval_batch_size, False)):
-    if batch:
-      x = jax.ShapeDtypeStruct((batch, 28, 28, 1), dtype)
-      decisions += autotune.prepare(lambda v, x, train=train: apply(v, x, train), variables, x,
-                                    program=program(batch, train),
-                                    name=f"{type(model).__name__} {fingerprint}")
-  return decisions
 
 
 def count_params(params) -> int:

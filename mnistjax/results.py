@@ -81,7 +81,7 @@ def load(workdir: str | os.PathLike) -> Result:
   except FileNotFoundError:
     raise ConfigError(f"{path} holds no run (no config.json); give the --workdir of a "
                       "run") from None
-  config = Config(**saved["config"])
+  config = Config.from_dict(saved["config"])
   history = read_jsonl(path / "metrics.jsonl")
   axes = {k: tuple(saved["sweep"][k]) for k in _sweep_order(saved, history)}
   group = config_lib.members(config, axes or None)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from mnistjax import autotune, data
+from mnistjax import data
 
 # One persistent compilation cache for the session, its subprocesses included: many tests
 # compile the same programs (the same model, batch and optimiser on the synthetic data), and
@@ -23,9 +23,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # else the user's, or the ses
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-# The fixed rules in every run of the suite, its subprocesses included: the autotuner would
-# time each of the tests' many small shapes (tests/test_autotune.py tests it on its own).
-os.environ[autotune.ENV_AUTOTUNE] = "0"
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

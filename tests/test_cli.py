@@ -232,6 +232,30 @@ def test_reruns_and_resumes_that_would_mix_runs_are_one_line(mnist, tmp_path):
   assert [r["epoch"] for r in rows] == [0, 1] and all("member" not in r for r in rows)
 
 
+RETIRED_NOTE = "--autotune is gone: every layer uses its fixed rule; the flag is ignored"
+
+
+def test_the_retired_autotune_flag_and_setting_are_ignored(mnist, tmp_path):
+  """Command lines and workdirs of the versions that had --autotune still run and resume."""
+  first = run(*SMALL, "--epochs=1", f"--workdir={tmp_path}", "--autotune")
+  assert first.returncode == 0, first.stderr
+  assert first.stdout.splitlines().count(RETIRED_NOTE) == 1 and "epoch   1 |" in first.stdout
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert "autotune" not in saved["config"]
+  saved["config"]["autotune"] = True  # as those versions wrote it
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  import mnistjax  # pylint: disable=g-import-not-at-top
+  loaded = mnistjax.load(tmp_path)
+  assert loaded.config.epochs == 1 and [r["epoch"] for r in loaded.history] == [0, 1]
+  again = run(*SMALL, "--epochs=2", f"--workdir={tmp_path}", "--resume", "--autotune=false")
+  assert again.returncode == 0, again.stderr
+  assert RETIRED_NOTE in again.stdout.splitlines()
+  assert "resumed from the checkpoint of epoch 1" in again.stdout
+  assert [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+  listed = run("--noautotune", "--list")
+  assert listed.returncode == 0 and listed.stdout.splitlines()[0] == RETIRED_NOTE
+
+
 def test_two_runs_started_together_on_one_workdir(mnist, tmp_path):
   args = [sys.executable, str(ROOT / "experiments" / "run.py"), *SMALL, "--epochs=2",
           f"--workdir={tmp_path}"]

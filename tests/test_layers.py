@@ -149,7 +149,7 @@ def test_patches_convolution_equals_lax_convolution(x64, padding):
   conv = layers.Conv2d(6, 5, padding, impl="lax")
   variables = conv.init(jax.random.key(1), x)
   fast = layers.Conv2d(6, 5, padding, impl="patches").apply(variables, x)
-  assert layers.Conv2d(6, 5, padding).impl == "auto"  # in a model: what autotune picks
+  assert layers.Conv2d(6, 5, padding).impl is None  # in a model: conv_rule's choice
   assert fast.dtype == jnp.float64
   np.testing.assert_allclose(fast, conv.apply(variables, x), rtol=F64_RTOL, atol=F64_ATOL)
   assert fast.shape == (3, 8 + 2 * padding, 8 + 2 * padding, 6)
@@ -183,6 +183,17 @@ def test_patch_chunk_slices_only_large_convolutions_into_divisors_of_the_batch()
   assert layers.patch_chunk(100, 1000, whole=0, chunk=30_000) == 25
   assert layers.patch_chunk(7, 1000, whole=0, chunk=3_000) == 1  # prime: one at a time
   assert layers.patch_chunk(8, 1000, whole=0, chunk=10) == 1  # an example over the slice size
+
+
+def test_conv_rule_trains_with_patches_sliced_past_the_limit_and_evaluates_with_lax(
+    monkeypatch):
+  x_shape, k_shape = (64, 28, 28, 1), (5, 5, 1, 20)
+  per_example = 24 * 24 * (25 + 20) * 4  # float32 patches and output
+  monkeypatch.setattr(layers, "PATCH_WHOLE_BYTES", 64 * per_example)
+  monkeypatch.setattr(layers, "PATCH_CHUNK_BYTES", 20 * per_example)
+  assert layers.conv_rule(x_shape, k_shape, 4, train=False) == "lax"
+  assert layers.conv_rule(x_shape, k_shape, 4, train=True) == "patches"  # fits: one piece
+  assert layers.conv_rule(x_shape, k_shape, 8, train=True) == "patches/8"  # float64: 10 -> 8
 
 
 def test_a_model_trains_the_same_with_sliced_patches(x64, monkeypatch):
