@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnistjax import layers, machine, models, optim
+from mnistjax import layers, machine, models
 from mnistjax import step as step_lib
 
 
@@ -37,7 +37,7 @@ def step_ms(model, tx, batch, steps=40) -> float:
 
 
 def main():
-  tx = optim.make("sgd", learning_rate=0.01, momentum=0.5, weight_decay=0.0, nesterov=False)
+  tx = step_lib.make("sgd", learning_rate=0.01, momentum=0.5, weight_decay=0.0, nesterov=False)
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
            "label": rng.integers(0, 10, 64).astype(np.int32)}

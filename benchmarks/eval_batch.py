@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from mnistjax import config as config_lib, data, machine, models, optim, step
+from mnistjax import config as config_lib, data, machine, models, step
 
 flags.DEFINE_string("model", "lenet", "model to evaluate")
 flags.DEFINE_list("batch_sizes", ["100", "250", "500", "1000", "2000"], "batch sizes to time")
@@ -35,7 +35,7 @@ def main(_):
   default = config_lib.Config().eval_batch("cpu")
   cfg = config_lib.Config(model=FLAGS.model)
   model = models.build(cfg.model, **cfg.model_settings())
-  state = step.create_state(model, optim.make(cfg.optimizer, **cfg.optimizer_hparams()),
+  state = step.create_state(model, step.make_optimizer(cfg, steps_per_epoch=1),
                             jax.random.key(0))
   rng = np.random.default_rng(0)
   split = data.Split(rng.integers(0, 256, (FLAGS.images, 28, 28), dtype=np.uint8),

@@ -3,6 +3,8 @@
   python -m pip install -e ".[bench]"      # PyTorch's CPU build (torch==2.13.0)
   MNISTJAX_DATA_DIR=../shared/data python benchmarks/run.py [--models=lenet,cnn3,mlp_deep]
       [--steps=50] [--rounds=3] [--epoch_models=lenet,mlp_deep] [--s0a] [--out=bench.json]
+  git worktree add /tmp/before COMMIT      # this tree's training step against another commit's
+  MNISTJAX_DATA_DIR=../shared/data python benchmarks/run.py --torch=false --baseline=/tmp/before
 
 The header names the CPU, its vector extensions and caches. For each model at its
 notebook's batch size and optimiser it prints, for JAX and for PyTorch eager (NCHW as
@@ -53,6 +55,13 @@ flags.DEFINE_integer("steps", 50, "timed steps per repeat (3 repeats, median)")
 flags.DEFINE_integer("rounds", 3, "interleaved rounds of every measurement (median reported)")
 flags.DEFINE_bool("s0a", False, "also time the whole S0a relu run in both frameworks")
 flags.DEFINE_string("out", None, "also write the results as JSON here")
+flags.DEFINE_bool("torch", True, "measure PyTorch too (false: mnistjax alone, e.g. against "
+                  "--baseline)")
+flags.DEFINE_string("baseline", None, "a checkout of another commit (git worktree add DIR "
+                    "COMMIT): its jax worker runs in every round beside this tree's, and "
+                    "'jax / baseline' is their paired ratio")
+flags.DEFINE_string("baseline_worker", "jax", "the baseline's worker (jax_rules: the fixed "
+                    "rules of a commit that still had the autotuner)")
 flags.DEFINE_string("worker", None, "internal: the measurement a child process makes")
 flags.DEFINE_string("model", None, "internal: the child's model")
 flags.DEFINE_bool("epoch", False, "internal: the child also times a whole epoch")
@@ -122,51 +131,47 @@ def step_flops(model, tx, norm, state, batch, key) -> float:
 
 
 def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
-  """What a run trains with: a plain run is one member, stepped on CPU in windows of
-  sweep.WINDOW_STEPS batches (sweep.window_step); seconds per step are per batch."""
+  """What a run trains with (driver.Trainer): on CPU one member's compiled step per batch, its
+  host batch transferred with each call; seconds per step are per batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mnistjax import data, driver, epochs, step, sweep  # pylint: disable=g-import-not-at-top
+  from mnistjax import driver, step  # pylint: disable=g-import-not-at-top
   config = protocol(model_name).replace(devices=1)
   dataset, _ = load(config)
-  plan = driver.setup(config, dataset)
-  members, keys = sweep.init(plan.model, plan.group, len(dataset.train))
-  b = config.batch_size
-  w = min(steps, sweep.WINDOW_STEPS)  # fewer only for a quick check (the tests)
-  batches = list(itertools.islice(data.train_batches(
-      dataset.train, b, step.run_keys(config.seed)[2], 1, masked=True), w))
-  window, _ = next(sweep.windows(batches, w))
-  program = sweep.make_window_step(plan.model, plan.tx, plan.norm)
-
+  run = driver.setup(config, dataset)
+  members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
+  trainer = driver.Trainer(run, members, keys, 0)
+  batches = list(itertools.islice(trainer.batches(1), steps))
   start = time.perf_counter()
-  program = program.lower(members, window, keys).compile()
+  jax.block_until_ready(trainer.take_step(batches[0]))
   compile_seconds = time.perf_counter() - start
-  flops = step_flops(plan.model, plan.tx, plan.norm, sweep.unstack(members.state, 0),
-                     batches[0], keys[0])
-  members, _ = program(members, window, keys)
-  jax.block_until_ready(members)
+  tx = step.make_optimizer(config, run.steps_per_epoch)
+  flops = step_flops(run.model, tx, run.norm, step.unstack(members.state, 0), batches[0][0],
+                     keys[0])
   times = []
-  calls = max(1, steps // w)
   for _ in range(3):
     start = time.perf_counter()
-    for _ in range(calls):
-      members, _ = program(members, window, keys)
-    jax.block_until_ready(members)
-    times.append((time.perf_counter() - start) / (calls * w))
+    for batch in batches:
+      losses = trainer.take_step(batch)
+    jax.block_until_ready(losses)
+    times.append((time.perf_counter() - start) / len(batches))
   result = {"compile_seconds": compile_seconds, "seconds_per_step": float(np.median(times)),
-            "flops_per_step": flops, "batch_size": b}
+            "flops_per_step": flops, "batch_size": config.batch_size}
 
   if epoch:  # a fresh run's epoch, compile included, then the train and test sets evaluated
-    members, keys = sweep.init(plan.model, plan.group, len(dataset.train))
+    members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
     start = time.perf_counter()
-    runner = epochs.make_runner(plan, members, keys)
-    for _ in runner.train(1):
+    trainer = driver.Trainer(run, members, keys, 0)
+    for _ in trainer.epoch(1):
       pass
-    record, = epochs.Evaluator(plan).members(runner.members, 1, runner.examples_seen)
+    eval_step = jax.jit(functools.partial(step.eval_step, model=run.model, norm=run.norm))
+    state = step.unstack(trainer.members.state, 0)
+    size = config.eval_batch(jax.default_backend())
+    train = driver.evaluate_split(eval_step, state, dataset.train, size)
+    test = driver.evaluate_split(eval_step, state, dataset.test, size)
     result.update(epoch_seconds=time.perf_counter() - start,
-                  epoch_train_accuracy=record["train_accuracy"],
-                  epoch_test_accuracy=record["test_accuracy"])
+                  epoch_train_accuracy=train["accuracy"], epoch_test_accuracy=test["accuracy"])
   return {**result, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -216,11 +221,14 @@ def worker_torch_s0a() -> dict:
 
 # ----------------------------------------------------------------------------- parent
 
-def child(*args: str) -> tuple[dict, float]:
-  """Runs one measurement in a fresh process; returns its JSON and its wall time."""
+def child(*args: str, tree: pathlib.Path = ROOT) -> tuple[dict, float]:
+  """Runs one measurement in a fresh process, with the mnistjax of `tree` (this checkout, or
+  --baseline's); returns its JSON and its wall time."""
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                        cwd=ROOT, env=os.environ)
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
+  proc = subprocess.run([sys.executable, str(tree / "benchmarks" / "run.py"), *args],
+                        capture_output=True, text=True, cwd=tree, env=env)
   wall = time.perf_counter() - start
   if proc.returncode != 0:
     sys.exit(f"benchmarks/run.py: error: {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
@@ -246,11 +254,16 @@ def main(argv):
               "torch_s0a": worker_torch_s0a}[FLAGS.worker]()
     print(json.dumps(result))
     return
-  try:
-    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    sys.exit("benchmarks/run.py: error: PyTorch is not installed; run "
-             "python -m pip install -e \".[bench]\"")
+  if FLAGS.torch:
+    try:
+      import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      sys.exit("benchmarks/run.py: error: PyTorch is not installed; run "
+               "python -m pip install -e \".[bench]\" (or give --torch=false)")
+  baseline = pathlib.Path(FLAGS.baseline).resolve() if FLAGS.baseline else None
+  if baseline and not (baseline / "benchmarks" / "run.py").exists():
+    sys.exit(f"benchmarks/run.py: error: --baseline={FLAGS.baseline} holds no "
+             "benchmarks/run.py; give a checkout (git worktree add DIR COMMIT)")
   peak, _ = child("--worker=peak")
   caches = ", ".join(f"{k} {v >> 10} KiB" for k, v in peak["machine"]["caches"].items())
   print(f"{machine.line(peak['machine'])}; caches {caches or 'not reported'}; fp32 matmul "
@@ -260,33 +273,45 @@ def main(argv):
             f"{'epoch s':>8} {'test %':>7} {'RSS MB':>7} {'of peak':>7}")
   print(header)
   for model in FLAGS.models:
-    impls = ["jax", "torch"] + (["torch_cl"] if model != "mlp_deep" else [])
+    impls = ["jax"] + (["baseline"] if baseline else [])
+    if FLAGS.torch:
+      impls += ["torch"] + (["torch_cl"] if model != "mlp_deep" else [])
     rounds = {impl: [] for impl in impls}
     for r in range(FLAGS.rounds):  # interleaved: a drift of the machine hits every impl alike
       for impl in impls:
         epoch = ["--epoch"] if r == 0 and model in FLAGS.epoch_models else []
-        rounds[impl].append(child(f"--worker={impl}", f"--model={model}",
-                                  f"--steps={FLAGS.steps}", *epoch)[0])
+        worker, tree = ((FLAGS.baseline_worker, baseline) if impl == "baseline"
+                        else (impl, ROOT))
+        rounds[impl].append(child(f"--worker={worker}", f"--model={model}",
+                                  f"--steps={FLAGS.steps}", *epoch, tree=tree)[0])
     rows = {}
     for impl, runs in rounds.items():
       per_round = [x["seconds_per_step"] for x in runs]
       rows[impl] = {**runs[0], "seconds_per_step": statistics.median(per_round),
                     "rounds_seconds_per_step": per_round}
-    # Each round's faster PyTorch layout; ratios are paired within rounds (paired_ratio).
-    best_torch = [min(r["rounds_seconds_per_step"][i] for k, r in rows.items()
-                      if k.startswith("torch")) for i in range(FLAGS.rounds)]
+    # Each round's faster PyTorch layout (else the baseline); ratios are paired within rounds
+    # (paired_ratio).
+    reference = [k for k in rows if k.startswith("torch")] or ["baseline"] * bool(baseline)
+    best_torch = [min(rows[k]["rounds_seconds_per_step"][i] for k in reference)
+                  for i in range(FLAGS.rounds)] if reference else [float("nan")] * FLAGS.rounds
     for impl, r in rows.items():
       r["images_per_second"] = r["batch_size"] / r["seconds_per_step"]
       r["ratio_vs_best_torch"], r["rounds_ratio_vs_best_torch"] = paired_ratio(
           best_torch, r["rounds_seconds_per_step"])
-      if impl.startswith("jax"):
+      if "flops_per_step" in r:
         r["fraction_of_peak"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9 / peak["gflops"]
       first = r.get("compile_seconds", r.get("first_step_seconds"))
       print(f"{model:<9} {impl:<12} {r['batch_size']:>5} {r['images_per_second']:8.0f} "
             f"{r['ratio_vs_best_torch']:6.2f} {first:11.2f} "
             f"{r.get('epoch_seconds', float('nan')):8.1f} "
             f"{r.get('epoch_test_accuracy', float('nan')):7.2f} {r['peak_rss_mb']:7.0f} "
-            + (f"{r['fraction_of_peak']:7.1%}" if impl.startswith("jax") else f"{'':>7}"),
+            + (f"{r['fraction_of_peak']:7.1%}" if "fraction_of_peak" in r else f"{'':>7}"),
+            flush=True)
+    if baseline:
+      rows["jax_vs_baseline"], ratios = paired_ratio(rows["baseline"]["rounds_seconds_per_step"],
+                                                     rows["jax"]["rounds_seconds_per_step"])
+      print(f"{'':<9} jax / baseline ({FLAGS.baseline_worker} of {baseline}): "
+            f"{rows['jax_vs_baseline']:.3f}x (rounds: {', '.join(f'{x:.3f}' for x in ratios)})",
             flush=True)
     results["models"][model] = rows
   if FLAGS.s0a:

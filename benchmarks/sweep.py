@@ -1,16 +1,15 @@
-"""Sweep throughput: K members in one program against K sequential single runs.
+"""Sweep throughput: K members trained together against K sequential single runs.
 
   python benchmarks/sweep.py [--model=lenet] [--dropout=0.25] [--batch_size=64]
 
 Prints model-images per second (K x batch / seconds per step) for K = 1, 4, 8 in both
-formulations of a sweep: lock-step (`sweep.lock_step`: every member takes each step, vmapped
-on accelerators, a loop over members on CPU) and windowed (`sweep.window_step`: member after
-member over a window of sweep.WINDOW_STEPS batches, what a run on CPU runs), each with its
-ratio against K single-model steps (`step.train_step` jitted alone, a batch per call: how a
-plain run trained before every run became a sweep of one member) measured in the same process
-on the same batches. K = 1 windowed is what a plain run now runs on CPU. Steady
-state: each program is compiled and warmed up before it is timed, and the programs are timed
-in interleaved rounds (the median of each is reported), so that a change in the machine's
+ways a run can step its members: one by one (`driver.Trainer` on CPU: every member through
+the one compiled single-member step, what a run on CPU runs) and in one program (the members
+in one jitted step: vmapped on GPU/TPU, a loop over members on CPU, what `--epoch_loop=scan`
+runs), each with its ratio against K single-model steps (`step.train_step` jitted alone, a
+batch per call) measured in the same process on the same batches. Steady state: each
+program is compiled and warmed up before it is timed, and the programs are timed in
+interleaved rounds (the median of each is reported), so that a change in the machine's
 speed during the run does not favour one of them.
 """
 
@@ -24,77 +23,84 @@ import numpy as np
 from absl import app, flags
 
 from mnistjax import config as config_lib
-from mnistjax import machine, models, optim, step, sweep
+from mnistjax import data, driver, machine, step
 
 flags.DEFINE_string("model", "lenet", "model to time")
 flags.DEFINE_float("dropout", 0.25, "dropout rate of every member (0 = off)")
 flags.DEFINE_integer("batch_size", 64, "batch size")
-flags.DEFINE_integer("window", 0, "batches per window (0: sweep.WINDOW_STEPS, what runs use)")
-flags.DEFINE_integer("windows", 2, "windows per measurement")
+flags.DEFINE_integer("steps", 16, "steps per measurement")
 flags.DEFINE_multi_integer("members", [1, 4, 8], "sweep sizes")
 flags.DEFINE_integer("rounds", 3, "interleaved measurement rounds (median reported)")
 FLAGS = flags.FLAGS
 
 
-def _runner(program, state, keys, units):
-  """A closure that times a compiled, warmed-up program over `units` (its inputs, one call
-  each: a batch, or a window of batches), returning seconds per batch."""
-  box = {"state": program(state, units[0], keys)[0]}  # compile
-  per_unit = units[0]["label"].shape[0] if units[0]["label"].ndim == 2 else 1
+def _timer(take_step, batches):
+  """A closure that times take_step (compiled and warmed up here) over batches, returning
+  seconds per step."""
+  jax.block_until_ready(take_step(batches[0]))
 
   def run() -> float:
-    jax.block_until_ready(box["state"])
     start = time.perf_counter()
-    for _ in range(FLAGS.windows):
-      for unit in units:
-        box["state"] = program(box["state"], unit, keys)[0]
-    jax.block_until_ready(box["state"])
-    return (time.perf_counter() - start) / (FLAGS.windows * len(units) * per_unit)
+    for batch in batches:
+      out = take_step(batch)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / len(batches)
   return run
 
 
 def main(_):
-  cfg = config_lib.Config(model=FLAGS.model, dropout=FLAGS.dropout)
-  model = models.build(cfg.model, **cfg.model_settings())
-  tx = optim.make(cfg.optimizer, **cfg.optimizer_hparams())
-  norm = (0.1307, 0.3081)
+  b = FLAGS.batch_size
+  cfg = config_lib.Config(model=FLAGS.model, dropout=FLAGS.dropout, batch_size=b)
   rng = np.random.default_rng(0)
-  w, b = FLAGS.window or sweep.WINDOW_STEPS, FLAGS.batch_size
-  batches = [{"image": rng.integers(0, 256, (b, 28, 28), dtype=np.uint8),
-              "label": rng.integers(0, 10, b).astype(np.int32), "mask": np.ones(b, bool)}
-             for _ in range(w)]
-  window, _ = next(sweep.windows(batches, w))
-  single = jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm),
+  n = b * FLAGS.steps
+  images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+  labels = rng.integers(0, 10, n).astype(np.uint8)
+  split = data.Split(images, labels)
+  dataset = data.Dataset("mnist", split, split, "random")
+  batches = [[{"image": images[i:i + b], "label": labels[i:i + b].astype(np.int32),
+               "mask": np.ones(b, bool)}] for i in range(0, n, b)]
+  run1 = driver.setup(cfg, dataset)
+  tx = step.make_optimizer(cfg, run1.steps_per_epoch)
+  single = jax.jit(functools.partial(step.train_step, model=run1.model, tx=tx, norm=run1.norm),
                    donate_argnums=0)
-  runners = {("single", 1): _runner(single, step.create_state(model, tx, jax.random.key(0)),
-                                    jax.random.key(1), batches)}
-  for k in FLAGS.members:
-    group = sweep.members(cfg, {"seed": tuple(range(k))})
+  box = {"state": step.create_state(run1.model, tx, jax.random.key(0))}
 
-    def states(group=group):
-      return sweep.init(model, group, num_train=60000)
-    runners[("lock-step", k)] = _runner(sweep.make_lock_step(model, tx, norm), *states(),
-                                        batches)
-    runners[("windowed", k)] = _runner(sweep.make_window_step(model, tx, norm), *states(),
-                                       [window])
+  def single_step(batch):
+    box["state"], metrics = single(box["state"], batch[0], jax.random.key(1))
+    return metrics["loss"]
+  timers = {("single", 1): _timer(single_step, batches)}
+  for k in FLAGS.members:
+    run = driver.setup(cfg.replace(seed=0), dataset, {"dropout": (FLAGS.dropout,) * k})
+    members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
+    timers[("one by one", k)] = _timer(driver.Trainer(run, members, keys, 0).take_step,
+                                       batches)
+    one = functools.partial(driver._member_step, model=run.model, tx=tx, norm=run.norm)  # pylint: disable=protected-access
+    together = jax.jit(driver._vmapped(one, per_member=False), donate_argnums=0)  # pylint: disable=protected-access
+    box[k] = step.init_members(run.model, run.group, run.steps_per_epoch)
+
+    def together_step(batch, k=k):
+      members, keys = box[k]
+      members, losses, _ = together(members, batch[0], keys)
+      box[k] = members, keys
+      return losses
+    timers[("one program", k)] = _timer(together_step, batches)
   # Interleaved rounds, median per program: a drift of the machine's speed hits all alike.
-  times = {key: [] for key in runners}
+  times = {key: [] for key in timers}
   for _ in range(FLAGS.rounds):
-    for key, run in runners.items():
+    for key, run in timers.items():
       times[key].append(run())
   t = {key: float(np.median(v)) for key, v in times.items()}
   t0 = t[("single", 1)]
-  print(f"{machine.line()}; {FLAGS.model}, batch {b}, "
-        f"dropout {FLAGS.dropout}, windows of {w}; median of {FLAGS.rounds} interleaved rounds "
-        f"of {FLAGS.windows * w} steps")
+  print(f"{machine.line()}; {FLAGS.model}, batch {b}, dropout {FLAGS.dropout}; median of "
+        f"{FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps")
   print(f"single model: {t0 * 1e3:.2f} ms/step, {b / t0:.0f} img/s; sequential runs give "
         f"that per model")
-  print(f"{'K':>3} {'lock-step ms':>13} {'model-img/s':>12} {'ratio':>6} {'windowed ms':>12} "
+  print(f"{'K':>3} {'one by one ms':>14} {'model-img/s':>12} {'ratio':>6} {'one program ms':>15} "
         f"{'model-img/s':>12} {'ratio':>6}")
   for k in FLAGS.members:
-    lock, win = t[("lock-step", k)], t[("windowed", k)]
-    print(f"{k:>3} {lock * 1e3:13.2f} {k * b / lock:12.0f} {k * t0 / lock:6.2f} "
-          f"{win * 1e3:12.2f} {k * b / win:12.0f} {k * t0 / win:6.2f}")
+    seq, together = t[("one by one", k)], t[("one program", k)]
+    print(f"{k:>3} {seq * 1e3:14.2f} {k * b / seq:12.0f} {k * t0 / seq:6.2f} "
+          f"{together * 1e3:15.2f} {k * b / together:12.0f} {k * t0 / together:6.2f}")
 
 
 if __name__ == "__main__":

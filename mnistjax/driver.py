@@ -381,12 +381,12 @@ class Trainer:
     cfg = self.run.config
     rows, pending = [], []
     steady_start, steady_images = time.perf_counter(), 0
-    for i, batches in enumerate(self._batches(epoch), 1):
+    for i, batches in enumerate(self.batches(epoch), 1):
       size = int(batches[0]["mask"].sum())  # every member's batch holds as many examples
       first = not self._compiled
       if first:  # the first call compiles: its time is reported apart
         start = time.perf_counter()
-      pending.append(self._take_step(batches))
+      pending.append(self.take_step(batches))
       if first:
         jax.block_until_ready(pending[-1])
         self._compile_seconds += time.perf_counter() - start
@@ -405,7 +405,7 @@ class Trainer:
     self._train_seconds += time.perf_counter() - steady_start
     self._train_images += steady_images
 
-  def _take_step(self, batches: list[data.Batch]) -> tuple[jax.Array, jax.Array]:
+  def take_step(self, batches: list[step.Batch]) -> tuple[jax.Array, jax.Array]:
     """Every member takes a step (batches: one shared batch, or one per member); returns
     the members' losses and alive flags (K each, on the device)."""
     if self.vmapped:
@@ -420,7 +420,7 @@ class Trainer:
     self._members = [(state, alive) for (state, alive), _ in out]
     return jnp.stack([loss for _, loss in out]), jnp.stack([alive for (_, alive), _ in out])
 
-  def _batches(self, epoch: int) -> Iterator[list[data.Batch]]:
+  def batches(self, epoch: int) -> Iterator[list[step.Batch]]:
     """The epoch's host batches, masked, the last one padded (one compiled step for the
     epoch): one list per step, of one batch, or one per member in its own order."""
     cfg = self.run.config

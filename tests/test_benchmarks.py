@@ -85,3 +85,10 @@ def test_conv_parts_times_each_part_of_every_convolution_of_the_model():
   assert [(r[0], r[1], r[3]) for r in rows] == [("conv1", "64x28x28x1", "patches"),
                                                 ("conv2", "64x12x12x20", "patches")]
   assert all(len(r) == 9 and all(float(v) > 0 for v in r[4:]) for r in rows)
+
+
+def test_sweep_times_both_ways_of_stepping_members_against_single_steps():
+  lines = script("sweep.py", "--members=1", "--members=2", "--steps=2", "--rounds=1")
+  assert "cores" in lines[0] and lines[1].startswith("single model:")
+  rows = [line.split() for line in lines[3:]]
+  assert [r[0] for r in rows] == ["1", "2"] and all(float(v) > 0 for r in rows for v in r[1:])
