@@ -32,7 +32,7 @@ flags.DEFINE_bool("list", False, "print the models, optimisers and studies, then
 flags.DEFINE_multi_string("sweep", [], "SETTING=V1,V2,...: train every value together in one "
                           "compiled program; repeat for a product (settings: "
                           "dropout, lr, weight_decay, momentum, l2, seed)")
-cli.define_config_flags()
+config.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -46,10 +46,10 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed()  # a multi-host job: JAX_COORDINATOR_ADDRESS, SLURM, MPI
     axes = config.parse_sweep(FLAGS.sweep)
     if FLAGS.study:
-      studies.run_study(FLAGS.study, cli.flag_overrides(), FLAGS.workdir, FLAGS.resume,
+      studies.run_study(FLAGS.study, config.flag_overrides(), FLAGS.workdir, FLAGS.resume,
                         sweep=axes, overwrite=FLAGS.overwrite)
     else:
-      driver.train(cli.config_from_flags(), axes or None, FLAGS.workdir, resume=FLAGS.resume,
+      driver.train(config.from_flags(), axes or None, FLAGS.workdir, resume=FLAGS.resume,
                    overwrite=FLAGS.overwrite)
 
 

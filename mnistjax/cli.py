@@ -22,30 +22,6 @@ EXIT_INTERRUPTED = 130
 # JAX reports at INFO level that no TPU is present; absl would print it on every run.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
-_DEFINE = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
-           "float": flags.DEFINE_float, "str": flags.DEFINE_string}
-
-
-def _kind(field) -> str:
-  type_name = field.type if isinstance(field.type, str) else field.type.__name__
-  return type_name.split("|")[0].strip()
-
-
-def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """One flag per Config field, with the field's default and help; and the flags of
-  config.RETIRED settings, accepted and ignored (parse_flags notes it)."""
-  for field in config_lib.fields():
-    _DEFINE[_kind(field)](field.name, field.default, field.metadata["help"],
-                          flag_values=flag_values)
-  for name, why in config_lib.RETIRED.items():
-    flags.DEFINE_bool(name, None, f"gone ({why}); ignored", flag_values=flag_values)
-
-
-def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.Config:
-  """Config() with the flags given on the command line applied, validated."""
-  return config_lib.Config().replace(**flag_overrides(flag_values)).validate()
-
-
 def listing() -> str:
   """The models, optimisers and studies, for --list."""
   from mnistjax import models, step, studies  # pylint: disable=g-import-not-at-top
@@ -55,12 +31,6 @@ def listing() -> str:
   lines += ["studies:"] + [f"  {name:<16}{study.description} ({len(study.variants)} run(s))"
                            for name, study in studies.STUDIES.items()]
   return "\n".join(lines)
-
-
-def flag_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
-  """The Config fields given on the command line, by name."""
-  return {f.name: flag_values[f.name].value for f in config_lib.fields()
-          if flag_values[f.name].present}
 
 
 def fail(message: str, status: int = EXIT_USAGE) -> None:

@@ -1,8 +1,8 @@
 """The settings of a run: one typed dataclass, validated at one point, saved beside its results;
 and the members of a sweep, each a Config of its own.
 
-The command-line flags of `experiments/run.py` are generated from these fields,
-so the two can't drift apart.
+The command-line flags of `experiments/run.py` are generated from these fields
+(`define_flags`, `from_flags`), so the two can't drift apart.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import dataclasses
 import itertools
 import math
 from typing import Any
+
+from absl import flags
 
 from mnistjax import data, layers, models, step
 from mnistjax.errors import ConfigError
@@ -175,6 +177,32 @@ RETIRED = {"autotune": "every layer uses its fixed rule"}
 
 def fields() -> tuple[dataclasses.Field, ...]:
   return dataclasses.fields(Config)
+
+
+# The command line: one flag per field (experiments/run.py), so flags and fields can't drift.
+_DEFINE = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
+           "float": flags.DEFINE_float, "str": flags.DEFINE_string}
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """One flag per Config field, with the field's default and help; and the flags of RETIRED
+  settings, accepted and ignored (cli.parse_flags notes it)."""
+  for field in fields():
+    kind = (field.type if isinstance(field.type, str) else field.type.__name__).split("|")[0]
+    _DEFINE[kind.strip()](field.name, field.default, field.metadata["help"],
+                          flag_values=flag_values)
+  for name, why in RETIRED.items():
+    flags.DEFINE_bool(name, None, f"gone ({why}); ignored", flag_values=flag_values)
+
+
+def flag_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
+  """The Config fields given on the command line, by name."""
+  return {f.name: flag_values[f.name].value for f in fields() if flag_values[f.name].present}
+
+
+def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
+  """Config() with the flags given on the command line applied, validated."""
+  return Config().replace(**flag_overrides(flag_values)).validate()
 
 
 # What a sweep may vary, with each value's type: values that live in the train state as
