@@ -35,7 +35,8 @@ import numpy as np
 from mnistjax import checkpoint, data, driver, machine, reference, results, studies
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError, Interrupted, WorkdirError
-from mnistjax.workdir import CHECKPOINTS, RESULTS, write_json
+from mnistjax.files import write_json
+from mnistjax.workdir import CHECKPOINTS, RESULTS
 
 # Every notebook study; the speedrun is not a notebook's.
 STUDIES = ("s0_activation", "s0_dropout", "s0_batchnorm", "s0_init", "s1_fashion_cnn3",

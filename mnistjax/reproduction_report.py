@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mnistjax import reference, reproduction
-from mnistjax.workdir import write_bytes, write_text
+from mnistjax.files import write_bytes, write_text
 
 NOTEBOOKS = {
     "s0": "S0: LeNet on MNIST (PyTorch): activation, dropout, BatchNorm, initialisation",

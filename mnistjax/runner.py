@@ -7,7 +7,7 @@ from typing import Any
 
 from mnistjax import data, driver, studies
 from mnistjax.errors import ConfigError
-from mnistjax.workdir import make_folder, write_json
+from mnistjax.files import make_folder, write_json
 
 
 def run_study(name: str, overrides: dict[str, Any] | None = None, workdir: str | None = None,
