@@ -78,7 +78,7 @@ def main(_):
     together = jax.jit(driver._vmapped(one, per_member=False), donate_argnums=0)  # pylint: disable=protected-access
     box[k] = step.init_members(run.model, run.group, run.steps_per_epoch)
 
-    def together_step(batch, k=k):
+    def together_step(batch, k=k, together=together):
       members, keys = box[k]
       members, losses, _ = together(members, batch[0], keys)
       box[k] = members, keys

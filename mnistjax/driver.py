@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm.auto
 
-from mnistjax import checkpoint, data, metrics, models, parallel, plots, step
+from mnistjax import checkpoint, data, files, metrics, models, parallel, plots, step
 from mnistjax import config as config_lib
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config, Member
@@ -256,19 +256,22 @@ def _restore(run: Run, out: Workdir, fresh: step.Members, report: _Report
   members = restored.replace(state=step.with_hyperparameters(restored.state, fresh.state))
   last_step = int(np.max(parallel.to_host(members.state.step)))
   out.truncate_after(epoch, last_step)
-  report.train_log = out.read("train_log.jsonl")
+  report.train_log = files.read_jsonl(out.path / "train_log.jsonl")
   line = f"resumed from the checkpoint of epoch {epoch} (step {last_step})"
   if allowed:
     line += "; changed since: " + ", ".join(f"{k} {_shown(a)} -> {_shown(b)}"
                                             for k, (a, b) in sorted(allowed.items()))
-  return members, _Start(epoch, record["examples_seen"], out.read("metrics.jsonl"), line)
+  return members, _Start(epoch, record["examples_seen"],
+                         files.read_jsonl(out.path / "metrics.jsonl"), line)
 
 
 def _write_config(out: Workdir, run: Run, num_params: int) -> None:
   """config.json: every setting, the model's resolved fields, and facts about the run."""
   model_fields = {f.name: getattr(run.model, f.name) for f in dataclasses.fields(run.model)
                   if f.name not in ("parent", "name")}
-  out.write_json("config.json", {
+  if not out.primary:
+    return
+  files.write_json(out.path / "config.json", {
       "config": run.config.to_dict(), "model": model_fields, "normalization": run.norm,
       "dataset_source": run.dataset.source, "num_params": num_params,
       "train_examples": len(run.dataset.train), "test_examples": len(run.dataset.test),
@@ -587,8 +590,8 @@ class _Report:
       row = _tag(self.group, k, {key: v for key, v in record.items() if key != "predictions"})
       prefix = "" if self.plain else f"[{row['member']}] "
       self.log(prefix + epoch_line(row) + suffix)
-      if self.out:
-        self.out.append("metrics.jsonl", row)
+      if self.out and self.out.primary:
+        files.append_jsonl(self.out.path / "metrics.jsonl", row)
       rows.append(row)
     return rows
 
@@ -610,8 +613,8 @@ class _Report:
     row = {**rows[-1], "interval": len(rows),
            "loss": float(mean[0]) if self.plain else mean.tolist()}
     self.train_log.append(row)
-    if self.out:
-      self.out.append("train_log.jsonl", row)
+    if self.out and self.out.primary:
+      files.append_jsonl(self.out.path / "train_log.jsonl", row)
 
   def evaluation(self, records: list[dict[str, Any]]) -> np.ndarray:
     """Which members' evaluation (test, or train-set, loss) is not finite, newly: they are
@@ -711,26 +714,27 @@ def _write_results(out: Workdir, run: Run, summary: dict[str, Any],
                    history: list[dict[str, Any]], predictions: np.ndarray) -> None:
   """summary.json and predictions.npy; a plain run's classification report, confusion matrix
   and figures, a sweep's figures."""
-  dataset = run.dataset
+  dataset, path = run.dataset, out.path
   buffer = io.BytesIO()
   np.save(buffer, predictions)
-  out.write_bytes("predictions.npy", buffer.getvalue())
-  out.write_json("summary.json", summary)
+  files.write_bytes(path / "predictions.npy", buffer.getvalue())
+  files.write_json(path / "summary.json", summary)
   if run.axes:
-    plots.sweep_accuracy(history, run.axes, out.path / "sweep_accuracy.png")
-    plots.sweep_curves(history, out.path / "sweep_curves.png")
+    plots.sweep_accuracy(history, run.axes, path / "sweep_accuracy.png")
+    plots.sweep_curves(history, path / "sweep_curves.png")
     return
   names = dataset.class_names
   confusion = metrics.confusion_matrix(dataset.test.labels, predictions[0])
-  out.write_text("classification_report.txt",
-                 metrics.format_report(summary["members"][0]["classification_report"]))
-  out.write_text("confusion_matrix.csv", "true\\predicted," + ",".join(names) + "\n" + "\n".join(
-      f"{name}," + ",".join(map(str, row)) for name, row in zip(names, confusion)) + "\n")
-  plots.loss_curves(out.read("train_log.jsonl"), history, out.path / "loss.png")
-  plots.error_curves(history, out.path / "error.png")
+  files.write_text(path / "classification_report.txt",
+                   metrics.format_report(summary["members"][0]["classification_report"]))
+  files.write_text(path / "confusion_matrix.csv", "true\\predicted," + ",".join(names) + "\n"
+                   + "\n".join(f"{name}," + ",".join(map(str, row))
+                                for name, row in zip(names, confusion)) + "\n")
+  plots.loss_curves(files.read_jsonl(path / "train_log.jsonl"), history, path / "loss.png")
+  plots.error_curves(history, path / "error.png")
   plots.prediction_grid(dataset.test.images, dataset.test.labels, predictions[0], names,
-                        out.path / "predictions.png")
-  plots.confusion(confusion, names, out.path / "confusion_matrix.png")
+                        path / "predictions.png")
+  plots.confusion(confusion, names, path / "confusion_matrix.png")
 
 
 # ----------------------------------------------------------------------------- stopping

@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 
 from mnistjax.config import settings_name
-from mnistjax.workdir import write_bytes
+from mnistjax.files import write_bytes
 
 
 def _subplots(*args, **kwargs):

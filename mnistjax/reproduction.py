@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import fcntl
 import json
 import math
 import pathlib
@@ -35,7 +34,8 @@ import numpy as np
 from mnistjax import checkpoint, data, driver, machine, results, studies
 from mnistjax.config import Config, settings_name
 from mnistjax.errors import ConfigError, Interrupted, WorkdirError
-from mnistjax.workdir import CHECKPOINTS, RESULTS, write_json
+from mnistjax.files import Lock, write_json
+from mnistjax.workdir import CHECKPOINTS, RESULTS
 
 # Every notebook study (those with the notebook's numbers; the speedrun is not a notebook's).
 STUDIES = tuple(name for name, study in studies.STUDIES.items() if study.numbers is not None)
@@ -279,8 +279,7 @@ class Report:
     """Adds a finished study (or only this machine's description) and saves: the file is
     read again under a lock, so that processes adding studies to one report keep each
     other's."""
-    with open(self.path.with_name(".reproduction.lock"), "a") as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
+    with Lock(self.path.with_name(".reproduction.lock"), "reproduction"):
       if self.path.exists():
         self.body["studies"] = {**json.loads(self.path.read_text())["studies"],
                                 **self.body["studies"]}

@@ -10,7 +10,7 @@ import numpy as np
 
 from mnistjax import reproduction, studies
 from mnistjax.config import settings_name
-from mnistjax.workdir import write_bytes, write_text
+from mnistjax.files import write_bytes, write_text
 
 NOTEBOOKS = {
     "s0": "S0: LeNet on MNIST (PyTorch): activation, dropout, BatchNorm, initialisation",

@@ -17,7 +17,7 @@ from mnistjax import data, models, step
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError
-from mnistjax.workdir import read_jsonl
+from mnistjax.files import read_jsonl
 
 
 @dataclasses.dataclass

@@ -29,7 +29,7 @@ from mnistjax import data, driver
 from mnistjax.config import Config, settings_name
 from mnistjax.errors import ConfigError
 from mnistjax.config import SWEEPABLE
-from mnistjax.workdir import make_folder, write_json
+from mnistjax.files import make_folder, write_json
 
 
 @dataclasses.dataclass(frozen=True)

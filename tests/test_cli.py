@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import write_dataset
-from mnistjax import data, models, step, studies, workdir
+from mnistjax import data, files, models, step, studies
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,13 +82,13 @@ def test_a_two_epoch_run_writes_every_artefact_and_each_parses(mnist, tmp_path):
   result = run("--epochs=2", "--train_limit=640", "--test_limit=300", "--activation=tanh",
                "--log_every=4", f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr
-  records = workdir.read_jsonl(tmp_path / "metrics.jsonl")
+  records = files.read_jsonl(tmp_path / "metrics.jsonl")
   assert [r["epoch"] for r in records] == [0, 1, 2]  # 0: the untrained model
   for r in records:
     assert {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"} <= set(r)
     assert 0 <= r["test_accuracy"] <= 100
   assert all("seconds" in r for r in records[1:])
-  steps = workdir.read_jsonl(tmp_path / "train_log.jsonl")
+  steps = files.read_jsonl(tmp_path / "train_log.jsonl")
   assert [r["step"] for r in steps] == [4, 8, 10, 14, 18, 20]  # every 4 steps and epoch ends
   assert steps[-1]["examples_seen"] == 1280
   saved = json.loads((tmp_path / "config.json").read_text())
@@ -121,7 +121,7 @@ def test_a_diverging_run_exits_3_with_one_line(mnist, tmp_path):
                f"--workdir={tmp_path}")
   assert result.returncode == 3, result.stderr
   assert result.stderr.count("\n") == 1 and "training loss became" in result.stderr
-  assert [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")] == [0]
+  assert [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")] == [0]
 
 
 def test_ctrl_c_leaves_a_resumable_workdir(mnist, tmp_path):
@@ -130,18 +130,18 @@ def test_ctrl_c_leaves_a_resumable_workdir(mnist, tmp_path):
   proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=ROOT)
   deadline = time.time() + 120
-  while time.time() < deadline and len(workdir.read_jsonl(tmp_path / "metrics.jsonl")) < 3:
+  while time.time() < deadline and len(files.read_jsonl(tmp_path / "metrics.jsonl")) < 3:
     time.sleep(0.2)
   proc.send_signal(signal.SIGINT)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 130, stderr
   assert "interrupted" in stderr and "--resume" in stderr
-  done = workdir.read_jsonl(tmp_path / "metrics.jsonl")[-1]["epoch"]
+  done = files.read_jsonl(tmp_path / "metrics.jsonl")[-1]["epoch"]
   result = run(f"--epochs={done + 1}", "--train_limit=640", "--test_limit=100",
                "--eval_train=false", f"--workdir={tmp_path}", "--resume")
   assert result.returncode == 0, result.stderr
   assert f"resumed from the checkpoint of epoch {done}" in result.stdout
-  epochs = [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")]
+  epochs = [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")]
   assert epochs == list(range(done + 2))
 
 
@@ -228,7 +228,7 @@ def test_reruns_and_resumes_that_would_mix_runs_are_one_line(mnist, tmp_path):
                           fragment)
   assert_one_line_error(run(*SMALL, "--epochs=2", f"--workdir={swept}", "--resume"),
                         "sweep {'lr': [0.01, 0.02]} -> none")
-  rows = workdir.read_jsonl(plain / "metrics.jsonl")
+  rows = files.read_jsonl(plain / "metrics.jsonl")
   assert [r["epoch"] for r in rows] == [0, 1] and all("member" not in r for r in rows)
 
 
@@ -251,7 +251,7 @@ def test_the_retired_autotune_flag_and_setting_are_ignored(mnist, tmp_path):
   assert again.returncode == 0, again.stderr
   assert RETIRED_NOTE in again.stdout.splitlines()
   assert "resumed from the checkpoint of epoch 1" in again.stdout
-  assert [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+  assert [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
   listed = run("--noautotune", "--list")
   assert listed.returncode == 0 and listed.stdout.splitlines()[0] == RETIRED_NOTE
 
@@ -266,7 +266,7 @@ def test_two_runs_started_together_on_one_workdir(mnist, tmp_path):
   assert codes == [0, 2], results
   _, stderr, _ = next(r for r in results if r[2] == 2)
   assert stderr.count("\n") == 1 and "is in use by run" in stderr
-  assert [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+  assert [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
 
 
 def test_ctrl_c_while_compiling_is_one_line(mnist, tmp_path):
@@ -313,10 +313,10 @@ def test_a_full_disk_is_one_line_and_leaves_every_record_readable(mnist, tmp_pat
                           "disk; stopped before any epoch was saved; start again with "
                           "--overwrite")
     for name in ("metrics.jsonl", "train_log.jsonl"):
-      workdir.read_jsonl(disk / "run" / name)  # every line parses (a torn last one is skipped)
+      files.read_jsonl(disk / "run" / name)  # every line parses (a torn last one is skipped)
     subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
     again = run(*SMALL, "--epochs=2", f"--workdir={disk / 'run'}", "--overwrite")
     assert again.returncode == 0, again.stderr
-    assert [r["epoch"] for r in workdir.read_jsonl(disk / "run" / "metrics.jsonl")] == [0, 1, 2]
+    assert [r["epoch"] for r in files.read_jsonl(disk / "run" / "metrics.jsonl")] == [0, 1, 2]
   finally:
     _umount(disk)

@@ -13,7 +13,7 @@ import pytest
 import mnistjax
 from conftest import F64_ATOL, F64_RTOL, quiet, synthetic
 from mnistjax import config as config_lib
-from mnistjax import driver, errors, step, workdir
+from mnistjax import driver, errors, files, step
 
 PINS = pathlib.Path(__file__).parent / "pins"
 
@@ -27,7 +27,7 @@ def test_two_epochs_equal_one_epoch_resumed_for_one_more(tmp_path):
   resumed = driver.train(cfg, None, str(tmp_path / "b"), ds, resume=True, **quiet())
   for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
     np.testing.assert_array_equal(a, b)
-  rows = [r["epoch"] for r in workdir.read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+  rows = [r["epoch"] for r in files.read_jsonl(tmp_path / "b" / "metrics.jsonl")]
   assert rows == [0, 1, 2]
 
 
@@ -39,7 +39,7 @@ def test_divergence_stops_and_keeps_the_last_good_epoch(tmp_path):
                      r"checkpoint of epoch 1 .*--resume"):
     driver.train(cfg.replace(epochs=3, lr=1e30), None, str(tmp_path), ds, resume=True,
                  **quiet())
-  rows = [r["epoch"] for r in workdir.read_jsonl(tmp_path / "metrics.jsonl")]
+  rows = [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")]
   assert rows == [0, 1]
   resumed = driver.train(cfg.replace(epochs=2), None, str(tmp_path), ds, resume=True, **quiet())
   final, = resumed.final
@@ -87,7 +87,7 @@ def test_a_scanned_epoch_trains_exactly_as_the_python_loop(x64, tmp_path, sweep_
           for loop in ("python", "scan")}
   for a, b in zip(jax.tree.leaves(runs["python"].state), jax.tree.leaves(runs["scan"].state)):
     np.testing.assert_allclose(a, b, rtol=F64_RTOL, atol=F64_ATOL)
-  logs = {loop: workdir.read_jsonl(tmp_path / loop / "train_log.jsonl") for loop in runs}
+  logs = {loop: files.read_jsonl(tmp_path / loop / "train_log.jsonl") for loop in runs}
   assert [(r["step"], r["examples_seen"], r["interval"]) for r in logs["python"]] == \
       [(r["step"], r["examples_seen"], r["interval"]) for r in logs["scan"]]
   np.testing.assert_allclose([r["loss"] for r in logs["python"]],

@@ -6,10 +6,11 @@ import json
 import math
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from mnistjax import reproduction, reproduction_report, studies
+from mnistjax import files, reproduction, reproduction_report, studies
 from mnistjax.errors import ConfigError
 
 from test_cli import ROOT  # pylint: disable=g-bad-import-order
@@ -138,6 +139,20 @@ def test_quick_reproduction_end_to_end(mnist, tmp_path, monkeypatch):
 def test_quick_reproduction_of_every_study(mnist, tmp_path, monkeypatch):
   del mnist
   _quick_end_to_end(reproduction.STUDIES, tmp_path, monkeypatch)
+
+
+def test_adding_a_study_waits_for_the_report_lock_and_keeps_the_others_studies(tmp_path):
+  path = tmp_path / "reproduction.json"
+  report = reproduction.Report.open(path, (1, 2), quick=True)
+  adder = threading.Thread(target=report.add, args=("s0_init", {"seconds": 1.0}))
+  with files.Lock(tmp_path / ".reproduction.lock"):  # another process, adding its own study
+    adder.start()
+    adder.join(0.5)
+    assert adder.is_alive() and not path.exists()  # waiting for the lock
+    files.write_json(path, {**report.body, "studies": {"s0_dropout": {"seconds": 2.0}}})
+  adder.join(30)
+  assert json.loads(path.read_text())["studies"] == {"s0_dropout": {"seconds": 2.0},
+                                                     "s0_init": {"seconds": 1.0}}
 
 
 def test_markdown_shows_a_diagnosis_for_every_difference():

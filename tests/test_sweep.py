@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mnistjax import config as config_lib
-from mnistjax import driver, errors, step, workdir
+from mnistjax import driver, errors, files, step
 from mnistjax.errors import ConfigError
 from conftest import F64_ATOL, F64_RTOL, quiet, synthetic
 
@@ -57,7 +57,7 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
   assert bad["diverged"]
   frozen = step.unstack(result.state, 1)
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(frozen.params))
-  rows = workdir.read_jsonl(tmp_path / "metrics.jsonl")
+  rows = files.read_jsonl(tmp_path / "metrics.jsonl")
   assert {r["member"] for r in rows} == {"lr=0.05", "lr=1e+30"}
   assert all("lr" in r for r in rows)
   assert (tmp_path / "sweep_accuracy.png").exists() and (tmp_path / "sweep_curves.png").exists()

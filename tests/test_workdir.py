@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import quiet, synthetic
-from mnistjax import checkpoint, config as config_lib, driver, step, workdir
+from mnistjax import checkpoint, config as config_lib, driver, files, step, workdir
 from mnistjax.errors import ConfigError, Interrupted, NonFiniteLoss, WorkdirError
 
 CFG = config_lib.Config(epochs=1, batch_size=32, eval_train=False, log_every=2)
@@ -27,7 +27,7 @@ def _run(folder, config=CFG, **kwargs):
 
 
 def _epochs(folder) -> list[int]:
-  return [r["epoch"] for r in workdir.read_jsonl(folder / "metrics.jsonl")]
+  return [r["epoch"] for r in files.read_jsonl(folder / "metrics.jsonl")]
 
 
 # 1. A second run into the same folder: refused, or replaces the first only once it has a
@@ -37,14 +37,14 @@ def _epochs(folder) -> list[int]:
 def test_a_second_run_into_a_folder_that_holds_one_is_refused_and_changes_nothing(tmp_path):
   _run(tmp_path)
 
-  def files():  # .lock: each run writes its PID there
+  def stamps():  # .lock: each run writes its PID there
     return {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != ".lock"}
 
-  before = files()
+  before = stamps()
   with pytest.raises(WorkdirError, match=r"holds an earlier run; continue it with --resume, or "
                      r"replace it with --overwrite"):
     _run(tmp_path)
-  assert files() == before
+  assert stamps() == before
 
 
 def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_a_checkpoint(tmp_path,
@@ -77,14 +77,14 @@ def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_a_checkpoint(tm
 
 def test_resume_needs_checkpoints_and_a_checkpoint_to_resume(tmp_path):
   _run(tmp_path, CFG.replace(checkpoint=False))
-  files = sorted(p.name for p in tmp_path.iterdir())
+  names = sorted(p.name for p in tmp_path.iterdir())
   with pytest.raises(ConfigError, match="--resume continues from a checkpoint: drop "
                      "--checkpoint=false"):
     _run(tmp_path, CFG.replace(checkpoint=False), resume=True)
   with pytest.raises(WorkdirError, match="nothing to resume: .* holds no checkpoint .*without "
                      "--resume and with --overwrite"):
     _run(tmp_path, resume=True)
-  assert sorted(p.name for p in tmp_path.iterdir()) == files
+  assert sorted(p.name for p in tmp_path.iterdir()) == names
   with pytest.raises(WorkdirError, match="nothing to resume: .* holds no run; start the run "
                      "without --resume$"):
     _run(tmp_path / "empty", resume=True)
@@ -217,13 +217,12 @@ def test_resume_refuses_other_sweep_members_and_logs_allowed_changes(tmp_path):
 def test_a_torn_last_line_is_skipped_by_readers_and_cut_before_the_next_append(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epo')  # a write cut short
-  assert workdir.read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
-  out = workdir.Workdir(tmp_path)
-  out.append("metrics.jsonl", {"epoch": 2, "loss": float("nan")})
+  assert files.read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
+  files.append_jsonl(path, {"epoch": 2, "loss": float("nan")})
   assert path.read_text() == '{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2, "loss": null}\n'
   path.write_text('{"epoch": 0}\n{"epo\n{"epoch": 2}\n')
   with pytest.raises(WorkdirError, match=r"line 2 is not JSON; .*--overwrite"):
-    workdir.read_jsonl(path)
+    files.read_jsonl(path)
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_fix(tmp_path, monkeypatch):
@@ -257,7 +256,7 @@ def test_a_full_disk_inside_a_checkpoint_save_is_one_line(tmp_path, monkeypatch)
 
 def test_files_get_the_usual_permissions(tmp_path):
   _run(tmp_path)
-  mode = 0o666 & ~workdir._umask()  # pylint: disable=protected-access
+  mode = 0o666 & ~files._umask()  # pylint: disable=protected-access
   for name in ("config.json", "summary.json", "classification_report.txt", "metrics.jsonl",
                "loss.png"):
     assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
