@@ -50,7 +50,8 @@ def _timer(take_step, batches):
 
 def main(_):
   b = FLAGS.batch_size
-  cfg = config_lib.Config(model=FLAGS.model, dropout=FLAGS.dropout, batch_size=b)
+  cfg = config_lib.Config(model=FLAGS.model, dropout=FLAGS.dropout, batch_size=b,
+                          epoch_loop="python")
   rng = np.random.default_rng(0)
   n = b * FLAGS.steps
   images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)

@@ -68,6 +68,7 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
     NonFiniteLoss: every member diverged; the last finite epoch's checkpoint is kept.
     Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept for --resume.
   """
+  wall_start = time.perf_counter()
   config.validate()
   if resume and overwrite:
     raise ConfigError("--resume continues the workdir's run and --overwrite replaces it: "
@@ -80,7 +81,11 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
   mode = "resume" if resume else "overwrite" if overwrite else "new"
   out = Workdir(workdir, log).open(mode) if workdir else None
   try:
-    return _train(config, sweep, dataset, out, log)
+    # From here a Ctrl-C is a request the loop honours between two steps (never inside a
+    # checkpoint's save), keeping the last finished epoch's checkpoint; a second one stops at once.
+    with _StopRequest() as stop:
+      run = setup(config, dataset, sweep, parallel.make(config.devices))  # devices before data
+      return _train(run, out, log, stop, wall_start)
   except KeyboardInterrupt:
     error = Interrupted(_stopped("interrupted", out))
     if out:
@@ -95,16 +100,15 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
       out.close()
 
 
-def _train(config: Config, axes, dataset, out: Workdir | None, log) -> Result:
-  # -- Set up: the data, the model, the members (each its own optimiser state) and the step.
-  wall_start = time.perf_counter()
-  run = setup(config, dataset, axes, parallel.make(config.devices))  # devices before the data
+def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: float
+           ) -> Result:
+  # -- Set up: the members (each its own optimiser state), their step, the evaluation.
+  config = run.config
   members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
   report = _Report(run.group, out, log)
   start = _Start()
   if out and out.mode == "resume":
     members, start = _restore(run, out, members, report)
-  ckpt = Checkpoints(out.path / CHECKPOINTS) if out and config.checkpoint else None
   num_params = models.count_params(step.unstack(members.state.params, 0))
   if out:
     _write_config(out, run, num_params)
@@ -118,32 +122,32 @@ def _train(config: Config, axes, dataset, out: Workdir | None, log) -> Result:
   def evaluate(trainer, epoch, predictions):  # the module's, looked up now: tests replace it
     return _evaluate(run, eval_step, trainer, epoch, predictions)
 
-  # -- The loop: an epoch of steps, its evaluation, its checkpoint. A Ctrl-C stops it between
-  # two steps (never inside a checkpoint's save), keeping the last finished epoch's checkpoint.
+  # -- The loop: an epoch of steps, its evaluation, its checkpoint.
   history, records = start.history, []
+  ckpt = Checkpoints(out.path / CHECKPOINTS) if out and config.checkpoint else None
   try:
-    with _StopRequest() as stop:
-      if start.epoch == 0:
-        records = evaluate(trainer, 0, predictions=config.epochs == 0)
-        history += report.epoch(records, "  (untrained)")
-      for epoch in range(start.epoch + 1, config.epochs + 1):
-        t0 = time.perf_counter()
-        with _progress(run.steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
-          for steps, interval in trainer.epoch(epoch):
-            bar.update(steps)
-            if interval:
-              report.interval(interval, bar)
+    if start.epoch == 0:
+      records = evaluate(trainer, 0, predictions=config.epochs == 0)
+      history += report.epoch(records, "  (untrained)")
+    for epoch in range(start.epoch + 1, config.epochs + 1):
+      t0 = time.perf_counter()
+      with _progress(run.steps_per_epoch, f"epoch {epoch}/{config.epochs}") as bar:
+        for steps, interval in trainer.epoch(epoch):
+          bar.update(steps)
+          if interval:
+            report.interval(interval, bar)
+          if steps:  # after each step taken (a scanned epoch's, with its last interval)
             stop.check()
-        train_seconds = time.perf_counter() - t0
-        records = evaluate(trainer, epoch, predictions=epoch == config.epochs)
-        for record in records:
-          record.update(train_seconds=train_seconds, seconds=time.perf_counter() - t0)
-        trainer.freeze(report.evaluation(records))  # a member whose evaluation is not finite
-        history += report.epoch(records)
-        if ckpt:
-          ckpt.save(epoch, trainer.members, {"epoch": epoch, "config": config.to_dict(),
-                                             "examples_seen": trainer.examples_seen})
-          out.replaced_done()
+      train_seconds = time.perf_counter() - t0
+      records = evaluate(trainer, epoch, predictions=epoch == config.epochs)
+      for record in records:
+        record.update(train_seconds=train_seconds, seconds=time.perf_counter() - t0)
+      trainer.freeze(report.evaluation(records))  # a member whose evaluation is not finite
+      history += report.epoch(records)
+      if ckpt:
+        ckpt.save(epoch, trainer.members, {"epoch": epoch, "config": config.to_dict(),
+                                           "examples_seen": trainer.examples_seen})
+        out.replaced_done()
   except (NonFiniteLoss, WorkdirError) as e:  # say what is kept, and how to go on
     raise type(e)(f"{e}; {_stopped('stopped', out)}") from None
   finally:
@@ -189,6 +193,11 @@ class Run:
   def steps_per_epoch(self) -> int:
     return data.num_train_steps(len(self.dataset.train), self.config.batch_size,
                                 self.config.drop_remainder)
+
+  @property
+  def plain(self) -> bool:
+    """A plain run: one member, nothing swept (its records and lines carry no member)."""
+    return _plain(self.group)
 
   @property
   def per_member_data(self) -> bool:
@@ -288,7 +297,7 @@ def _first_line(run: Run, num_params: int) -> str:
           f"{norm[1]:.4f}, {cfg.optimizer} lr {cfg.lr:g}, {jax.default_backend()} backend")
   if run.dp:
     line += f", {run.dp.describe(cfg.batch_size)}"
-  if len(run.group) > 1 or run.group[0].settings:
+  if not run.plain:
     line += f"; sweep of {len(run.group)} members in one program"
   return line
 
@@ -317,7 +326,7 @@ class Trainer:
     self.examples_seen = examples_seen
     self.per_member = run.per_member_data
     self._shuffle_keys = [step.run_keys(m.config.seed)[2] for m in run.group]
-    place = run.dp.put_replicated if run.dp else lambda tree: tree
+    place = self._place = run.dp.put_replicated if run.dp else lambda tree: tree
     cpu = jax.default_backend() == "cpu"
     loop = run.config.epoch_loop
     self.scanned = loop == "scan" or (loop == "auto" and not cpu)
@@ -340,7 +349,8 @@ class Trainer:
     else:
       self._step = parallel.jit_step(one, run.dp, donate_state=True, replicate_outputs=True)
     self._keys = place(keys)
-    self._member_keys = [self._keys[k] for k in range(len(run.group))]
+    if not self.vmapped:
+      self._member_keys = [self._keys[k] for k in range(len(run.group))]
     self._set(place(members))
     self._compiled = False
     self._compile_seconds = self._train_seconds = 0.0
@@ -365,7 +375,7 @@ class Trainer:
     """Marks members (a K bool mask) as diverged: they take no more steps."""
     if mask.any():
       members = self.members
-      self._set(members.replace(alive=members.alive & jnp.asarray(~mask)))
+      self._set(self._place(members.replace(alive=members.alive & jnp.asarray(~mask))))
 
   def timing(self) -> dict[str, Any]:
     return {"compile_seconds": self._compile_seconds,
@@ -408,9 +418,12 @@ class Trainer:
     self._train_seconds += time.perf_counter() - steady_start
     self._train_images += steady_images
 
-  def take_step(self, batches: list[step.Batch]) -> tuple[jax.Array, jax.Array]:
+  def take_step(self, batches: list[step.Batch]) -> tuple[Any, Any]:
     """Every member takes a step (batches: one shared batch, or one per member); returns
-    the members' losses and alive flags (K each, on the device)."""
+    the members' losses and alive flags (K each, on the device: stacked on the host later,
+    so that a step costs no dispatch beyond the members' own)."""
+    if self.scanned:
+      raise ValueError("a Trainer with --epoch_loop=scan trains whole epochs (Trainer.epoch)")
     if self.vmapped:
       batch = (batches[0] if not self.per_member
                else {k: np.stack([b[k] for b in batches]) for k in batches[0]})
@@ -420,8 +433,8 @@ class Trainer:
       batches = [jax.device_put(batches[0])]
     out = [self._step(member, batches[k if self.per_member else 0], self._member_keys[k])
            for k, member in enumerate(self._members)]
-    self._members = [(state, alive) for (state, alive), _ in out]
-    return jnp.stack([loss for _, loss in out]), jnp.stack([alive for (_, alive), _ in out])
+    self._members = [carry for carry, _ in out]
+    return [loss for _, (loss, _) in out], [alive for _, (_, alive) in out]
 
   def batches(self, epoch: int) -> Iterator[list[step.Batch]]:
     """The epoch's host batches, masked, the last one padded (one compiled step for the
@@ -459,13 +472,14 @@ class Trainer:
               for i, size in enumerate(sizes[first:first + cfg.log_every], first + 1)]
       interval = Interval(rows, losses[first:first + cfg.log_every],
                           alive[first:first + cfg.log_every])
-      yield (steps if first == 0 else 0), interval
+      yield (steps if first + cfg.log_every >= steps else 0), interval
 
 
 def _member_step(carry, batch, key, *, model, tx, norm):
-  """step.member_step over (state, alive): (state, alive), loss."""
+  """step.member_step over (state, alive): (state, alive), (loss, alive). The second alive is
+  the one to read: the next step takes the carry's buffers (donated)."""
   state, alive, metrics = step.member_step(*carry, batch, key, model=model, tx=tx, norm=norm)
-  return (state, alive), metrics["loss"]
+  return (state, alive), (metrics["loss"], alive)
 
 
 def _vmapped(one, per_member: bool):
@@ -479,10 +493,10 @@ def _vmapped(one, per_member: bool):
       def member(args):
         carry, key, *own = args
         return one(carry, own[0] if per_member else batch, key)
-      (state, alive), losses = jax.lax.map(member, (carry, keys) + ((batch,) if per_member
-                                                                     else ()))
+      (state, alive), (losses, _) = jax.lax.map(member, (carry, keys) + (
+          (batch,) if per_member else ()))
     else:
-      (state, alive), losses = jax.vmap(one, in_axes=(0, 0 if per_member else None, 0))(
+      (state, alive), (losses, _) = jax.vmap(one, in_axes=(0, 0 if per_member else None, 0))(
           carry, batch, keys)
     return step.Members(state, alive), losses, alive
   return members_step
@@ -578,10 +592,9 @@ class _Report:
   def __init__(self, group: list[Member], out: Workdir | None, log: Callable[[str], None]):
     self.group, self.out = group, out
     self.log = out.log if out else log
-    self.plain = len(group) == 1 and not group[0].settings
+    self.plain = _plain(group)
     self.frozen: dict[int, int] = {}  # member -> the step at which it stopped
     self.train_log: list[dict[str, Any]] = []  # the interval rows (train_log.jsonl)
-
 
   def epoch(self, records: list[dict[str, Any]], suffix: str = "") -> list[dict[str, Any]]:
     """Prints and appends (metrics.jsonl) one epoch's records; returns them tagged."""
@@ -640,9 +653,13 @@ class _Report:
                           f"{max(self.frozen.values())} (epoch {epoch}); lower --lr")
 
 
+def _plain(group: list[Member]) -> bool:
+  return len(group) == 1 and not group[0].settings
+
+
 def _tag(group: list[Member], k: int, record: dict[str, Any]) -> dict[str, Any]:
   """A record as the history keeps it: a sweep's tagged with its member."""
-  if len(group) == 1 and not group[0].settings:
+  if _plain(group):
     return dict(record)
   return {"member": group[k].name, **group[k].settings, **record}
 

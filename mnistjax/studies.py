@@ -26,9 +26,8 @@ import itertools
 from typing import Any
 
 from mnistjax import data, driver
-from mnistjax.config import Config, settings_name
+from mnistjax.config import SWEEPABLE, Config, settings_name
 from mnistjax.errors import ConfigError
-from mnistjax.config import SWEEPABLE
 from mnistjax.files import make_folder, write_json
 
 

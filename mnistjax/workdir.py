@@ -48,6 +48,7 @@ class Workdir:
     self.path = pathlib.Path(path).expanduser().absolute()
     self.primary = jax.process_index() == 0
     self._echo = echo
+    self.mode = "new"  # how open() settled it: "new", "overwrite" or "resume"
     self._lock = None
 
   # -- lifecycle
