@@ -11,8 +11,9 @@ respect to the input alone, the one with respect to the kernel alone, and all th
 (what a training step runs: the gradients of the forward's own output, so the backward waits
 for it as in a step; given an independent cotangent, XLA runs forward and backward side by
 side on the two cores and their sum measured up to 1.5x more). Each program runs twice
-inside a `lax.scan`, as a step runs inside a window (XLA:CPU runs some forms of a
-convolution much slower in a loop: jax-ml/jax#12868), on random arguments, never constants
+inside a `lax.scan`, as a step ran inside a window until CPU runs stepped one batch per call
+(XLA:CPU runs some forms of a convolution much slower in a loop, jax-ml/jax#12868: the
+figures are a loop's, an upper bound on a run's), on random arguments, never constants
 (which XLA would fold while compiling), and the best of --repeats calls (fewer past 10 s) is
 printed in ms per iteration: this VM's bursts of slowness (2x for a second or so) only ever
 lengthen a call. The first line names the machine.
