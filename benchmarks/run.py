@@ -131,8 +131,9 @@ def step_flops(model, tx, norm, state, batch, key) -> float:
 
 
 def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
-  """What a run trains with (driver.Trainer): on CPU one member's compiled step per batch, its
-  host batch transferred with each call; seconds per step are per batch."""
+  """What a run trains with (driver.Trainer): on CPU one member's compiled step over a window
+  of driver.WINDOW_STEPS batches per call, the window transferred with it; seconds per step
+  are per batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -142,20 +143,21 @@ def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
   run = driver.setup(config, dataset)
   members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
   tx = step.make_optimizer(config, run.steps_per_epoch)
-  batches = list(itertools.islice(driver.Trainer(run, members, keys, 0).batches(1), steps))
-  flops = step_flops(run.model, tx, run.norm, step.unstack(members.state, 0), batches[0][0],
-                     keys[0])  # before the Trainer steps: it may donate the members' buffers
   trainer = driver.Trainer(run, members, keys, 0)
+  units = list(itertools.islice(trainer.units(1), max(1, steps // trainer.window)))
+  one_batch = {k: v[0] if trainer.window > 1 else v for k, v in units[0][0][0].items()}
+  flops = step_flops(run.model, tx, run.norm, step.unstack(members.state, 0), one_batch,
+                     keys[0])  # before the Trainer steps: it may donate the members' buffers
   start = time.perf_counter()
-  jax.block_until_ready(trainer.take_step(batches[0]))
+  jax.block_until_ready(trainer.take_step(units[0][0]))
   compile_seconds = time.perf_counter() - start
   times = []
   for _ in range(3):
     start = time.perf_counter()
-    for batch in batches:
-      losses = trainer.take_step(batch)
+    for unit, _ in units:
+      losses = trainer.take_step(unit)
     jax.block_until_ready(losses)
-    times.append((time.perf_counter() - start) / len(batches))
+    times.append((time.perf_counter() - start) / (len(units) * trainer.window))
   result = {"compile_seconds": compile_seconds, "seconds_per_step": float(np.median(times)),
             "flops_per_step": flops, "batch_size": config.batch_size}
 

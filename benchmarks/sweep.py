@@ -4,7 +4,8 @@
 
 Prints model-images per second (K x batch / seconds per step) for K = 1, 4, 8 in both
 ways a run can step its members: one by one (`driver.Trainer` on CPU: every member through
-the one compiled single-member step, what a run on CPU runs) and in one program (the members
+the one compiled single-member step, driver.WINDOW_STEPS batches a call, what a run on CPU
+runs) and in one program (the members
 in one jitted step: vmapped on GPU/TPU, a loop over members on CPU, what `--epoch_loop=scan`
 runs), each with its ratio against K single-model steps (`step.train_step` jitted alone, a
 batch per call) measured in the same process on the same batches. Steady state: each
@@ -34,17 +35,17 @@ flags.DEFINE_integer("rounds", 3, "interleaved measurement rounds (median report
 FLAGS = flags.FLAGS
 
 
-def _timer(take_step, batches):
-  """A closure that times take_step (compiled and warmed up here) over batches, returning
-  seconds per step."""
-  jax.block_until_ready(take_step(batches[0]))
+def _timer(take_step, units, batches_per_unit=1):
+  """A closure that times take_step (compiled and warmed up here) over units (a batch, or a
+  window of batches, each), returning seconds per batch."""
+  jax.block_until_ready(take_step(units[0]))
 
   def run() -> float:
     start = time.perf_counter()
-    for batch in batches:
-      out = take_step(batch)
+    for unit in units:
+      out = take_step(unit)
     jax.block_until_ready(out)
-    return (time.perf_counter() - start) / len(batches)
+    return (time.perf_counter() - start) / (len(units) * batches_per_unit)
   return run
 
 
@@ -73,8 +74,9 @@ def main(_):
   for k in FLAGS.members:
     run = driver.setup(cfg.replace(seed=0), dataset, {"dropout": (FLAGS.dropout,) * k})
     members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
-    timers[("one by one", k)] = _timer(driver.Trainer(run, members, keys, 0).take_step,
-                                       batches)
+    trainer = driver.Trainer(run, members, keys, 0)
+    timers[("one by one", k)] = _timer(trainer.take_step,
+                                       [unit for unit, _ in trainer.units(1)], trainer.window)
     one = functools.partial(driver._member_step, model=run.model, tx=tx, norm=run.norm)  # pylint: disable=protected-access
     together = jax.jit(driver._vmapped(one, per_member=False), donate_argnums=0)  # pylint: disable=protected-access
     box[k] = step.init_members(run.model, run.group, run.steps_per_epoch)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import itertools
 import signal
 import sys
 import threading
@@ -331,6 +332,7 @@ class Trainer:
     loop = run.config.epoch_loop
     self.scanned = loop == "scan" or (loop == "auto" and not cpu)
     self.vmapped = self.scanned or not cpu
+    self.window = 1  # batches per call of the step
     # The step's optimiser reads every value from the member's state (injected
     # hyperparameters), so one optimiser, built from the first member's config, steps all.
     tx = step.make_optimizer(run.group[0].config, run.steps_per_epoch)
@@ -346,8 +348,10 @@ class Trainer:
     elif self.vmapped:
       self._step = parallel.jit_step(_vmapped(one, self.per_member), run.dp, donate_state=True,
                                      replicate_outputs=True, member_axis=self.per_member)
-    else:
-      self._step = parallel.jit_step(one, run.dp, donate_state=True, replicate_outputs=True)
+    else:  # CPU: member after member, WINDOW_STEPS batches a call (data-parallel: one)
+      self.window = 1 if run.dp else WINDOW_STEPS
+      self._step = parallel.jit_step(_windowed(one) if self.window > 1 else one, run.dp,
+                                     donate_state=True, replicate_outputs=True)
     self._keys = place(keys)
     if not self.vmapped:
       self._member_keys = [self._keys[k] for k in range(len(run.group))]
@@ -391,59 +395,78 @@ class Trainer:
     if self.scanned:
       yield from self._scanned_epoch(epoch)
       return
-    cfg = self.run.config
-    rows, pending = [], []
+    log_every, last = self.run.config.log_every, self.run.steps_per_epoch
+    rows, pending, host, done = [], [], ([], []), 0  # done: the epoch's steps so far
     steady_start, steady_images = time.perf_counter(), 0
-    for i, batches in enumerate(self.batches(epoch), 1):
-      size = int(batches[0]["mask"].sum())  # every member's batch holds as many examples
-      first = not self._compiled
-      if first:  # the first call compiles: its time is reported apart
+    for unit, sizes in self.units(epoch):
+      compiling = not self._compiled
+      if compiling:  # the first call compiles: its time is reported apart
         start = time.perf_counter()
-      pending.append(self.take_step(batches))
-      if first:
+      pending.append((*self.take_step(unit), len(sizes)))
+      if compiling:
         jax.block_until_ready(pending[-1])
         self._compile_seconds += time.perf_counter() - start
         self._compiled = True
         steady_start = time.perf_counter()
       else:
-        steady_images += size
-      rows.append(self._row(epoch, i, size))
-      if i % cfg.log_every == 0 or i == self.run.steps_per_epoch:
-        losses, alive = (np.stack(x) for x in zip(*parallel.to_host(pending)))
-        yield 1, Interval(rows, losses, alive)
-        rows, pending = [], []
-      else:
-        yield 1, None
+        steady_images += sum(sizes)
+      rows += [self._row(epoch, done + i, size) for i, size in enumerate(sizes, 1)]
+      done += len(sizes)
+      if done // log_every > (done - len(sizes)) // log_every or done == last:
+        for losses, alive in map(_steps_by_members, pending):
+          host[0].append(losses)
+          host[1].append(alive)
+        losses, alive = np.concatenate(host[0]), np.concatenate(host[1])
+        first = done - len(rows)  # rows[j - 1] is the epoch's step first + j
+        ends = [j for j in range(1, len(rows) + 1)
+                if (first + j) % log_every == 0 or first + j == last]
+        for begin, end in zip([0] + ends, ends):
+          yield 0, Interval(rows[begin:end], losses[begin:end], alive[begin:end])
+        cut = ends[-1] if ends else 0
+        rows, pending, host = rows[cut:], [], ([losses[cut:]], [alive[cut:]])
+      yield len(sizes), None
     jax.block_until_ready(self._members)
     self._train_seconds += time.perf_counter() - steady_start
     self._train_images += steady_images
 
-  def take_step(self, batches: list[step.Batch]) -> tuple[Any, Any]:
-    """Every member takes a step (batches: one shared batch, or one per member); returns
-    the members' losses and alive flags (K each, on the device: stacked on the host later,
-    so that a step costs no dispatch beyond the members' own)."""
+  def take_step(self, unit: list[step.Batch]) -> tuple[Any, Any]:
+    """Every member takes the steps of one unit of `units` (one batch, or a window of
+    batches, shared or one per member); returns the members' losses and alive flags (on the
+    device, stacked on the host later: a step costs no dispatch beyond the members' own)."""
     if self.scanned:
       raise ValueError("a Trainer with --epoch_loop=scan trains whole epochs (Trainer.epoch)")
     if self.vmapped:
-      batch = (batches[0] if not self.per_member
-               else {k: np.stack([b[k] for b in batches]) for k in batches[0]})
+      batch = (unit[0] if not self.per_member
+               else {k: np.stack([b[k] for b in unit]) for k in unit[0]})
       self._members, losses, alive = self._step(self._members, batch, self._keys)
       return losses, alive
     if not self.per_member and not self.run.dp:  # one transfer for every member
-      batches = [jax.device_put(batches[0])]
-    out = [self._step(member, batches[k if self.per_member else 0], self._member_keys[k])
+      unit = [jax.device_put(unit[0])]
+    out = [self._step(member, unit[k if self.per_member else 0], self._member_keys[k])
            for k, member in enumerate(self._members)]
     self._members = [carry for carry, _ in out]
     return [loss for _, (loss, _) in out], [alive for _, (_, alive) in out]
 
-  def batches(self, epoch: int) -> Iterator[list[step.Batch]]:
-    """The epoch's host batches, masked, the last one padded (one compiled step for the
-    epoch): one list per step, of one batch, or one per member in its own order."""
+  def units(self, epoch: int) -> Iterator[tuple[list[step.Batch], list[int]]]:
+    """The epoch's host batches, each masked, the last one padded (one compiled step for the
+    epoch), grouped into the units a call of the step takes: one batch, or a window of
+    `window` batches stacked (the last window padded with batches of no example, which the
+    step skips); a list of one, or one per member in its own order. Yields (unit, the real
+    examples of each of its batches)."""
     cfg = self.run.config
     keys = self._shuffle_keys if self.per_member else self._shuffle_keys[:1]
     streams = [data.train_batches(self.run.dataset.train, cfg.batch_size, key, epoch,
                                   cfg.drop_remainder, masked=True) for key in keys]
-    return (list(group) for group in zip(*streams))
+    batches = zip(*streams)
+    while group := list(itertools.islice(batches, self.window)):
+      sizes = [int(b[0]["mask"].sum()) for b in group]  # every member's holds as many
+      if self.window == 1:
+        yield list(group[0]), sizes
+        continue
+      empty = {**group[-1][0], "mask": np.zeros_like(group[-1][0]["mask"])}
+      group += [[empty] * len(keys)] * (self.window - len(group))
+      yield [{k: np.stack([g[m][k] for g in group]) for k in empty}
+             for m in range(len(keys))], sizes
 
   def _row(self, epoch: int, i: int, size: int) -> dict[str, int]:
     self.examples_seen += size
@@ -473,6 +496,29 @@ class Trainer:
       interval = Interval(rows, losses[first:first + cfg.log_every],
                           alive[first:first + cfg.log_every])
       yield (steps if first + cfg.log_every >= steps else 0), interval
+
+
+# Batches per call of the CPU step (`_windowed`): a call costs a dispatch and XLA's buffers
+# for the step's temporaries, which a window pays once for all its steps; more batches pad
+# the epoch's last window with more skipped steps. benchmarks/run.py --baseline measured
+# the window against one batch a call (docs/scaling.md).
+WINDOW_STEPS = 16
+
+
+def _steps_by_members(out) -> tuple[np.ndarray, np.ndarray]:
+  """A call's losses and alive flags on the host, as (its real steps) x K."""
+  *values, real = out
+  losses, alive = (np.asarray(v) for v in parallel.to_host(values))
+  if losses.ndim == 1:  # one step: K values
+    return losses[None], alive[None]
+  return losses.T[:real], alive.T[:real]  # K x window
+
+
+def _windowed(one):
+  """one member's step over a window of batches (every leaf W x ...), in one lax.scan."""
+  def window(carry, batches, key):
+    return jax.lax.scan(lambda carry, batch: one(carry, batch, key), carry, batches)
+  return window
 
 
 def _member_step(carry, batch, key, *, model, tx, norm):
