@@ -8,11 +8,12 @@ every member evaluated, a checkpoint), then finish (summary, figures, a
 numbers.
 
 How the members step (`Trainer`): on CPU one after another, each through the
-same compiled single-member step (XLA:CPU's speed depends on a step's working set
-staying in cache, and a loop inside a program slows its convolution gradients,
-jax-ml/jax#12868); on GPU/TPU all together, vmapped, and with `--epoch_loop=scan`
-(the default there) each epoch one `lax.scan` program over the dataset resident
-on the device. Every way takes the same steps on the same batches (tests).
+same compiled single-member program over a window of WINDOW_STEPS batches
+(XLA:CPU's speed depends on a step's working set staying in cache, and a call's
+cost is paid once per window); on GPU/TPU all together, vmapped, and with
+`--epoch_loop=scan` (the default there) each epoch one `lax.scan` program over
+the dataset resident on the device. Every way takes the same steps on the same
+batches (tests).
 """
 
 from __future__ import annotations
