@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import os
 import signal
 import sys
 import threading
@@ -41,14 +42,17 @@ from mnistjax.results import Result
 from mnistjax.workdir import CHECKPOINTS, Workdir
 
 
-def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | None = None,
-          dataset: data.Dataset | None = None, *, resume: bool = False, overwrite: bool = False,
+def train(config: Config, sweep: dict[str, tuple] | None = None,
+          workdir: str | os.PathLike | None = None, dataset: data.Dataset | None = None, *,
+          resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = print) -> Result:
   """Trains per config, evaluating before training and after every epoch.
 
   Args:
-    config: the run's settings (validated here).
-    sweep: settings to sweep, each with its values ({"dropout": (0.25, 0.5)}); their product
+    config: the run's settings (validated here; an argument of the wrong type is a
+      ConfigError too).
+    sweep: settings to sweep (config.SWEEPABLE), each with its values ({"dropout": (0.25,
+      0.5)}); their product
       are the members, trained together, each evaluated and reported on its own. None: the
       config's one member.
     workdir: where every result is written (None: nowhere, and no checkpoints). A folder
@@ -68,7 +72,9 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
     NonFiniteLoss: every member diverged; the last finite epoch's checkpoint is kept.
     Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept for --resume.
   """
+  _check_arguments(config, workdir, dataset, resume, overwrite)
   config.validate()
+  sweep = config_lib.check_sweep(sweep) or None
   if resume and overwrite:
     raise ConfigError("--resume continues the workdir's run and --overwrite replaces it: "
                       "give one of them")
@@ -93,6 +99,22 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
   finally:
     if out:
       out.close()
+
+
+def _check_arguments(config, workdir, dataset, resume, overwrite) -> None:
+  """train's arguments of the wrong type, as one line (the settings are Config.validate's)."""
+  if not isinstance(config, Config):
+    raise ConfigError(f"train(config={config!r}): give a mnistjax.Config, e.g. "
+                      "mnistjax.Config(model='lenet')")
+  if workdir is not None and not isinstance(workdir, (str, os.PathLike)):
+    raise ConfigError(f"train(workdir={workdir!r}): give a folder's path (a str or a "
+                      "pathlib.Path), or None")
+  if dataset is not None and not isinstance(dataset, data.Dataset):
+    raise ConfigError(f"train(dataset={dataset!r}): give a mnistjax.data.Dataset, or None "
+                      "(the dataset is Config.dataset: Config(dataset='fashion_mnist'))")
+  for name, value in (("resume", resume), ("overwrite", overwrite)):
+    if not isinstance(value, bool):
+      raise ConfigError(f"train({name}={value!r}): must be True or False")
 
 
 def _train(config: Config, axes, dataset, out: Workdir | None, log) -> Result:
