@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm.auto
 
-from mnistjax import checkpoint, data, files, metrics, models, parallel, plots, step
+from mnistjax import checkpoint, data, errors, files, metrics, models, parallel, plots, step
 from mnistjax import config as config_lib
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config, Member
@@ -70,7 +70,8 @@ def train(config: Config, sweep: dict[str, tuple] | None = None,
   Raises:
     ConfigError, DataError, WorkdirError: bad settings, data or folder (one line each).
     NonFiniteLoss: every member diverged; the last finite epoch's checkpoint is kept.
-    Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept for --resume.
+    Interrupted: Ctrl-C, SIGTERM or SIGHUP; the last finished epoch's checkpoint is kept for
+      --resume.
   """
   _check_arguments(config, workdir, dataset, resume, overwrite)
   config.validate()
@@ -87,8 +88,10 @@ def train(config: Config, sweep: dict[str, tuple] | None = None,
   out = Workdir(workdir, log).open(mode) if workdir else None
   try:
     return _train(config, sweep, dataset, out, log)
-  except KeyboardInterrupt:
-    error = Interrupted(_stopped("interrupted", out))
+  except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (errors.Signal)
+    signum = getattr(e, "signum", signal.SIGINT)
+    error = Interrupted(_stopped("interrupted" if signum == signal.SIGINT else
+                                 f"stopped by {signal.Signals(signum).name}", out), signum)
     if out:
       out.log_only(f"error: {error}")
     raise error from None
@@ -762,29 +765,35 @@ def _write_results(out: Workdir, run: Run, summary: dict[str, Any],
 # ----------------------------------------------------------------------------- stopping
 
 class _StopRequest:
-  """Turns the first Ctrl-C into a request the loop honours between steps, so that it never
-  lands inside a checkpoint save; a second Ctrl-C interrupts at once."""
+  """Turns the first Ctrl-C, SIGTERM or SIGHUP (what a scheduler sends before it takes the
+  machine back; a closed terminal) into a request the loop honours between steps, so that it
+  never lands inside a checkpoint save; a second one stops at once."""
+
+  SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                  if hasattr(signal, name))
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = None  # the signal's number
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGINT, self._handle)
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
-    signal.signal(signal.SIGINT, self._previous)
+    if self.requested is not None:
+      raise errors.Signal(signum)
+    self.requested = signum
 
   def check(self):
-    if self.requested:
-      raise KeyboardInterrupt
+    if self.requested is not None:
+      raise errors.Signal(self.requested)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def _shown(value) -> str:
