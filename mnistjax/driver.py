@@ -269,12 +269,8 @@ def _restore(run: Run, out: Workdir, fresh: step.Members, report: _Report
                        "those can't change when a run continues: give another --workdir, or "
                        "--overwrite")
   ckpt = Checkpoints(out.path / CHECKPOINTS)
-  try:
-    epoch = ckpt.latest_epoch()
-    restored, record = ckpt.restore(epoch, fresh)
-  except (ValueError, KeyError, TypeError) as e:  # a checkpoint of another structure
-    raise WorkdirError(f"--resume: the checkpoint in {out.path} does not fit this run "
-                       f"({type(e).__name__}); give another --workdir, or --overwrite") from None
+  try:  # the newest intact checkpoint; those past it are named, and set aside
+    epoch, restored, record = ckpt.restore_latest(fresh, report.log)
   finally:
     ckpt.close()
   # Hyperparameters come from the config, also where the resumed run's flags changed them.

@@ -14,7 +14,7 @@ import numpy as np
 
 from mnistjax import config as config_lib
 from mnistjax import data, models, step
-from mnistjax.checkpoint import Checkpoints
+from mnistjax.checkpoint import Checkpoints, latest_epoch
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError, WorkdirError
 from mnistjax.files import read_jsonl
@@ -105,11 +105,11 @@ def load(workdir: str | os.PathLike) -> Result:
   if (path / "checkpoints").is_dir():
     ckpt = Checkpoints(path / "checkpoints")
     try:
-      if ckpt.latest_epoch() is not None:
+      if latest_epoch(path / "checkpoints") is not None:
         steps = data.num_train_steps(saved["train_examples"], config.batch_size,
                                      config.drop_remainder)
         template, _ = step.init_members(model, group, steps)
-        members, _ = ckpt.restore(ckpt.latest_epoch(), template)
+        _, members, _ = ckpt.restore_latest(template)  # verified against its checksum
         result.state, result.alive = members.state, np.asarray(members.alive)
     finally:
       ckpt.close()
