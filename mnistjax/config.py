@@ -294,7 +294,8 @@ def parse_sweep(specs: list[str]) -> dict[str, tuple]:
 
 def check_sweep(axes: Any) -> dict[str, tuple]:
   """The sweep axes of the flags (parse_sweep) or of the API (driver.train), checked: a dict
-  of SWEEPABLE settings, each with a non-empty sequence of distinct values of its type.
+  of SWEEPABLE settings, each with a non-empty sequence of values of its type (a value may
+  repeat: equal members train identically, which tests rely on).
   Raises ConfigError (one line) otherwise; None is no sweep ({})."""
   if axes is None:
     return {}
@@ -317,9 +318,6 @@ def check_sweep(axes: Any) -> dict[str, tuple]:
       if not _is(value, kind):
         raise ConfigError(f"sweep: {key}={value!r}: each value of {key} must be "
                           f"{_TYPES[kind][1]}, not {type(value).__name__}")
-    if len(set(values)) < len(values):
-      raise ConfigError(f"sweep: {key}={values!r}: a value is given twice (members are named "
-                        "by their values)")
     checked[key] = values
   return checked
 
