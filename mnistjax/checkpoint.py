@@ -18,6 +18,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import re
@@ -48,6 +49,20 @@ def _os_error(e: BaseException) -> OSError | None:
       return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
     e = e.__cause__ or e.__context__
   return None
+
+
+@contextlib.contextmanager
+def _orbax_quiet() -> Iterator[None]:
+  """orbax logs a failed save with its traceback before it raises (a second Ctrl-C or SIGTERM
+  inside the save, a full disk); the exception reaches the user as one line, so the log is
+  held back while orbax saves."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -133,7 +148,7 @@ class Checkpoints:
     digest = checksum(state_dict, record)
     if digest is not None:  # in the record: saved with the arrays, in the same atomic rename
       record = {**record, "checksum": digest}
-    with _disk_errors(self.directory, f"saving the checkpoint of epoch {epoch}"):
+    with _disk_errors(self.directory, f"saving the checkpoint of epoch {epoch}"), _orbax_quiet():
       self.manager.save(epoch, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state_dict), record=ocp.args.JsonSave(record)))
       self.manager.wait_until_finished()
@@ -217,6 +232,6 @@ class Checkpoints:
     return target
 
   def close(self) -> None:
-    with _disk_errors(self.directory, "finishing the last checkpoint"):
+    with _disk_errors(self.directory, "finishing the last checkpoint"), _orbax_quiet():
       self.manager.wait_until_finished()
       self.manager.close()
