@@ -9,8 +9,8 @@ Every setting is a flag (a field of mnistjax.config.Config). Without --study,
 flags not given keep Config's defaults (study S0's protocol); with it, the
 study's protocol. A workdir that holds an earlier run needs --resume (continue
 it) or --overwrite (replace it). Bad input ends the run with one line on stderr
-and exit status 2; a diverged run exits 3, Ctrl-C 130, both keeping a resumable
-workdir.
+and exit status 2; a diverged run exits 3, Ctrl-C 130, SIGTERM 143, SIGHUP 129, each
+keeping a resumable workdir.
 """
 
 from __future__ import annotations

@@ -5,21 +5,30 @@ the examples seen and the run's config. orbax writes each into a temporary folde
 renames it when complete, so a run killed inside a save leaves the previous checkpoint as
 the latest; `save` waits for the write to finish, so that an epoch's line is printed only
 once its checkpoint is on disk, and a full disk is reported at the epoch it hit.
+
+The record also holds a sha256 of the arrays and the record (`checksum`), saved in the same
+atomic rename and checked on every restore: a flipped bit or an edited record is found
+rather than trained on. A run resumes from the newest intact checkpoint (`restore_latest`),
+naming the damaged ones past it and setting them aside (EPOCH.damaged).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
+import logging
 import os
 import pathlib
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.serialization
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from mnistjax.errors import WorkdirError
@@ -43,6 +52,20 @@ def _os_error(e: BaseException) -> OSError | None:
 
 
 @contextlib.contextmanager
+def _orbax_quiet() -> Iterator[None]:
+  """orbax logs a failed save with its traceback before it raises (a second Ctrl-C or SIGTERM
+  inside the save, a full disk); the exception reaches the user as one line, so the log is
+  held back while orbax saves."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _disk_errors(directory: pathlib.Path, doing: str) -> Iterator[None]:
   try:
     yield
@@ -54,12 +77,50 @@ def _disk_errors(directory: pathlib.Path, doing: str) -> Iterator[None]:
                        "disk (or make the folder writable)") from None
 
 
-def latest_epoch(directory: str | os.PathLike) -> int | None:
-  """The last complete checkpoint's epoch in directory, without opening orbax (a save in
-  progress, or one a kill cut short, is a temporary folder, not counted)."""
+def epochs(directory: str | os.PathLike) -> list[int]:
+  """The epochs of the checkpoints in directory, newest first, without opening orbax: its
+  folders named by a number (a save in progress, or one a kill cut short, is a temporary
+  folder, not counted; an empty folder is no checkpoint)."""
   folder = pathlib.Path(directory)
-  epochs = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-  return max(epochs, default=None)
+  if not folder.is_dir():
+    return []
+  return sorted((int(p.name) for p in folder.iterdir()
+                 if p.name.isdigit() and p.is_dir() and any(p.iterdir())), reverse=True)
+
+
+def latest_epoch(directory: str | os.PathLike) -> int | None:
+  """The last checkpoint's epoch in directory (see `epochs`), or None."""
+  return next(iter(epochs(directory)), None)
+
+
+class DamagedCheckpoint(WorkdirError):
+  """A checkpoint whose contents are not those saved."""
+
+
+def _reason(e: BaseException) -> str:
+  """Why a checkpoint could not be restored, as a short phrase (orbax's messages run to many
+  lines)."""
+  if isinstance(e, DamagedCheckpoint):
+    return "its contents do not match its checksum"
+  text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def checksum(state_dict: Any, record: dict[str, Any]) -> str | None:
+  """sha256 over every array of a checkpoint (its path, dtype, shape and bytes) and its record
+  (as JSON, "checksum" left out): what `restore` checks, so that a flipped bit or an edited
+  record is found rather than trained on. None where the arrays span several hosts (no host
+  holds them all)."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state_dict):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return None
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+    digest.update(array.tobytes())
+  digest.update(json.dumps({k: v for k, v in record.items() if k != "checksum"},
+                           sort_keys=True).encode())
+  return digest.hexdigest()
 
 
 class Checkpoints:
@@ -83,18 +144,30 @@ class Checkpoints:
       raise WorkdirError(f"{self.directory}: no room for the checkpoint of epoch {epoch} "
                          f"({needed / 1e6:.1f} MB, {free / 1e6:.1f} MB free); free space on "
                          "that disk")
-    with _disk_errors(self.directory, f"saving the checkpoint of epoch {epoch}"):
+    state_dict = flax.serialization.to_state_dict(state)
+    digest = checksum(state_dict, record)
+    if digest is not None:  # in the record: saved with the arrays, in the same atomic rename
+      record = {**record, "checksum": digest}
+    with _disk_errors(self.directory, f"saving the checkpoint of epoch {epoch}"), _orbax_quiet():
       self.manager.save(epoch, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-          record=ocp.args.JsonSave(record)))
+          state=ocp.args.StandardSave(state_dict), record=ocp.args.JsonSave(record)))
       self.manager.wait_until_finished()
 
   def restore(self, epoch: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """The state saved at epoch (with target's structure, in buffers of its own) and its
-    record."""
+    record. Raises DamagedCheckpoint where its contents are not those saved (a checkpoint
+    written before checksums were kept is trusted), ValueError/KeyError/TypeError where it
+    can't be read into target's structure."""
     restored = self.manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(flax.serialization.to_state_dict(target)),
         record=ocp.args.JsonRestore()))
+    record = restored["record"]
+    if not isinstance(record, dict):
+      raise DamagedCheckpoint(f"the checkpoint of epoch {epoch} has no record")
+    if "checksum" in record:
+      digest = checksum(restored["state"], record)
+      if digest is not None and digest != record["checksum"]:
+        raise DamagedCheckpoint(f"the checkpoint of epoch {epoch} does not match its checksum")
     state = flax.serialization.from_state_dict(target, restored["state"])
     # Copied: a run donates its state to every step, and orbax's restored arrays may still
     # share host memory with its reader on CPU (orbax 0.8 / jax 0.5.3: a run resumed in a
@@ -102,7 +175,63 @@ class Checkpoints:
     return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state), \
         restored["record"]
 
+  def restore_latest(self, target: Any, log: Callable[[str], None] | None = None
+                     ) -> tuple[int, Any, dict[str, Any]]:
+    """The newest intact checkpoint: (epoch, state, record), as `restore`. With log, the
+    checkpoints past it (damaged, or cut short) are each named in one line and set aside
+    (renamed EPOCH.damaged, so that this run saves its own epochs again) and empty folders
+    named by a number are removed; without, the latest must be intact (mnistjax.load).
+    Raises WorkdirError (one line, with the fix) where none is."""
+    found = epochs(self.directory)
+    if log is not None:
+      self._drop_empty_folders()
+    failures = []
+    for epoch in found:
+      try:
+        state, record = self.restore(epoch, target)
+      except Exception as e:  # pylint: disable=broad-except  # orbax's, tensorstore's, ours
+        failures.append((epoch, e))
+        if log is None:  # read only: nothing is set aside, so the latest must do
+          break
+        continue
+      for bad, error in failures:
+        aside = self._set_aside(bad)
+        log(f"the checkpoint of epoch {bad} in {self.directory} is damaged "
+            f"({_reason(error)}); moved to {aside.name}, continuing from the checkpoint of "
+            f"epoch {epoch}")
+      if failures:
+        self.manager.reload()
+      return epoch, state, record
+    if not failures:
+      raise WorkdirError(f"{self.directory} holds no checkpoint; start the run again with "
+                         "--overwrite")
+    reasons = "; ".join(f"epoch {epoch}: {_reason(e)}" for epoch, e in failures)
+    if log is None:
+      raise WorkdirError(f"{self.directory}: the latest checkpoint can't be used ({reasons});"
+                         " continue the run with --resume, which goes on from the newest "
+                         "intact one") from None
+    raise WorkdirError(f"{self.directory}: no checkpoint there can be restored for this run "
+                       f"({reasons}); start it again with --overwrite, or give another "
+                       "--workdir") from None
+
+  def _drop_empty_folders(self) -> None:
+    """Removes empty folders named by a number: no checkpoints, but orbax would count them
+    as its latest step and skip this run's saves up to it."""
+    for path in self.directory.iterdir():
+      if path.name.isdigit() and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+    self.manager.reload()
+
+  def _set_aside(self, epoch: int) -> pathlib.Path:
+    target = self.directory / f"{epoch}.damaged"
+    n = 1
+    while target.exists():
+      n += 1
+      target = self.directory / f"{epoch}.damaged{n}"
+    os.replace(self.directory / str(epoch), target)
+    return target
+
   def close(self) -> None:
-    with _disk_errors(self.directory, "finishing the last checkpoint"):
+    with _disk_errors(self.directory, "finishing the last checkpoint"), _orbax_quiet():
       self.manager.wait_until_finished()
       self.manager.close()

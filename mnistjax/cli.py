@@ -1,23 +1,32 @@
-"""Command-line plumbing shared by the scripts in experiments/: flags from Config, one-line errors."""
+"""Command-line plumbing shared by the scripts in experiments/: flags from Config, one-line errors.
+
+Exit statuses: 0 done; 2 bad input (settings, data, workdir), one line on stderr; 3 a run
+diverged; 128 + the signal's number where a signal stopped the run: 130 Ctrl-C (SIGINT), 143
+SIGTERM (a scheduler taking the machine back), 129 SIGHUP (a closed terminal). A stopped or
+diverged run keeps its last finished epoch's checkpoint: continue it with --resume.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 
 from absl import flags
 from absl import logging as absl_logging
 
 from mnistjax import config as config_lib
+from mnistjax import errors
 from mnistjax.errors import Interrupted, MnistjaxError, NonFiniteLoss
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130; SIGTERM 143, SIGHUP 129
 
 # JAX reports at INFO level that no TPU is present; absl would print it on every run.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -39,20 +48,35 @@ def fail(message: str, status: int = EXIT_USAGE) -> None:
   sys.exit(status)
 
 
+def _raise_signal(signum, frame):
+  raise errors.Signal(signum)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
   """Turns errors a user can fix into one line: exit status 2 for bad settings, data or
-  workdir, 3 for a diverged run, 130 for Ctrl-C (wherever it lands)."""
+  workdir, 3 for a diverged run, 128 + the signal's number for Ctrl-C, SIGTERM or SIGHUP
+  (wherever it lands: SIGTERM and SIGHUP are raised as Ctrl-C is, errors.Signal)."""
+  previous = {}
+  if threading.current_thread() is threading.main_thread():
+    for name in ("SIGTERM", "SIGHUP"):
+      if hasattr(signal, name):
+        previous[name] = signal.signal(getattr(signal, name), _raise_signal)
   try:
     yield
   except NonFiniteLoss as e:
     fail(str(e), EXIT_DIVERGED)
   except Interrupted as e:
-    fail(str(e), EXIT_INTERRUPTED)
+    fail(str(e), 128 + e.signum)
   except MnistjaxError as e:
     fail(str(e))
-  except KeyboardInterrupt:
-    fail("interrupted", EXIT_INTERRUPTED)
+  except KeyboardInterrupt as e:
+    signum = getattr(e, "signum", signal.SIGINT)
+    fail("interrupted" if signum == signal.SIGINT else
+         f"stopped by {signal.Signals(signum).name}", 128 + signum)
+  finally:
+    for name, handler in previous.items():
+      signal.signal(getattr(signal, name), handler)
 
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")

@@ -8,8 +8,10 @@ The command-line flags of `experiments/run.py` are generated from these fields
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from absl import flags
@@ -99,6 +101,9 @@ class Config:
 
   def validate(self) -> Config:
     """Raises ConfigError (one line naming the valid choices) for any invalid setting."""
+    for field in fields():  # types first: the checks below compare values
+      _check_type(field, getattr(self, field.name))
+
     def choose(name, value, choices):
       if value not in choices:
         raise ConfigError(f"--{name}={value}: choose one of: {', '.join(map(str, choices))}")
@@ -179,6 +184,54 @@ def fields() -> tuple[dataclasses.Field, ...]:
   return dataclasses.fields(Config)
 
 
+def _field_type(field: dataclasses.Field) -> tuple[str, bool]:
+  """A field's type as ("bool" | "int" | "float" | "str", whether None is allowed)."""
+  parts = [p.strip() for p in (field.type if isinstance(field.type, str)
+                               else field.type.__name__).split("|")]
+  return parts[0], "None" in parts
+
+
+# What each type accepts. bool is an int to Python, and "false" is truthy: the API would
+# train with a setting that config.json records otherwise, so each type is checked exactly.
+_TYPES = {"bool": ((bool,), "a bool (True or False)"),
+          "int": ((int,), "an int"),
+          "float": ((int, float), "a real number"),
+          "str": ((str,), "a str")}
+
+
+def _is(value: Any, kind: str) -> bool:
+  types, _ = _TYPES[kind]
+  return isinstance(value, types) and (kind == "bool" or not isinstance(value, bool))
+
+
+def _check_type(field: dataclasses.Field, value: Any) -> None:
+  kind, optional = _field_type(field)
+  if _is(value, kind) or (optional and value is None):
+    return
+  what = _TYPES[kind][1] + (" or None" if optional else "")
+  raise ConfigError(f"{field.name}={value!r}: must be {what}, not {type(value).__name__}")
+
+
+def _refuse_unknown_fields(init):
+  """Config(bogus=1), Config.replace(bogus=1): one line naming the valid fields, not a
+  TypeError."""
+  @functools.wraps(init)
+  def checked(self, *args, **kwargs):
+    unknown = [k for k in kwargs if k not in _FIELD_NAMES]
+    if unknown:
+      raise ConfigError(f"Config has no setting {', '.join(map(repr, unknown))}; the settings "
+                        f"are: {', '.join(_FIELD_NAMES)}")
+    if len(args) > len(_FIELD_NAMES):
+      raise ConfigError(f"Config takes at most {len(_FIELD_NAMES)} settings; give them by "
+                        "name (Config(lr=0.1))")
+    init(self, *args, **kwargs)
+  return checked
+
+
+_FIELD_NAMES = tuple(f.name for f in fields())
+Config.__init__ = _refuse_unknown_fields(Config.__init__)
+
+
 # The command line: one flag per field (experiments/run.py), so flags and fields can't drift.
 _DEFINE = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
            "float": flags.DEFINE_float, "str": flags.DEFINE_string}
@@ -188,9 +241,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """One flag per Config field, with the field's default and help; and the flags of RETIRED
   settings, accepted and ignored (cli.parse_flags notes it)."""
   for field in fields():
-    kind = (field.type if isinstance(field.type, str) else field.type.__name__).split("|")[0]
-    _DEFINE[kind.strip()](field.name, field.default, field.metadata["help"],
-                          flag_values=flag_values)
+    _DEFINE[_field_type(field)[0]](field.name, field.default, field.metadata["help"],
+                                   flag_values=flag_values)
   for name, why in RETIRED.items():
     flags.DEFINE_bool(name, None, f"gone ({why}); ignored", flag_values=flag_values)
 
@@ -237,7 +289,37 @@ def parse_sweep(specs: list[str]) -> dict[str, tuple]:
     except ValueError:
       raise ConfigError(f"--sweep={spec}: values of {key} must be "
                         f"{SWEEPABLE[key].__name__}s") from None
-  return axes
+  return check_sweep(axes)
+
+
+def check_sweep(axes: Any) -> dict[str, tuple]:
+  """The sweep axes of the flags (parse_sweep) or of the API (driver.train), checked: a dict
+  of SWEEPABLE settings, each with a non-empty sequence of values of its type (a value may
+  repeat: equal members train identically, which tests rely on).
+  Raises ConfigError (one line) otherwise; None is no sweep ({})."""
+  if axes is None:
+    return {}
+  if not isinstance(axes, Mapping):
+    raise ConfigError(f"sweep={axes!r}: give a dict of settings and their values, e.g. "
+                      '{"dropout": (0.25, 0.5)}')
+  checked = {}
+  for key, values in axes.items():
+    if key not in SWEEPABLE:
+      raise ConfigError(f"sweep: {key!r} can't be swept; choose one of: {', '.join(SWEEPABLE)}"
+                        " (to compare other settings, train one run per value)")
+    kind = SWEEPABLE[key].__name__
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+      raise ConfigError(f"sweep: {key}={values!r}: give a sequence of values (a tuple or "
+                        "a list)")
+    values = tuple(values)
+    if not values:
+      raise ConfigError(f"sweep: {key}=(): give at least one value")
+    for value in values:
+      if not _is(value, kind):
+        raise ConfigError(f"sweep: {key}={value!r}: each value of {key} must be "
+                          f"{_TYPES[kind][1]}, not {type(value).__name__}")
+    checked[key] = values
+  return checked
 
 
 def members(config: Config, axes: dict[str, tuple] | None = None) -> list[Member]:

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import io
 import itertools
+import os
 import signal
 import sys
 import threading
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm.auto
 
-from mnistjax import checkpoint, data, files, metrics, models, parallel, plots, step
+from mnistjax import checkpoint, data, errors, files, metrics, models, parallel, plots, step
 from mnistjax import config as config_lib
 from mnistjax.checkpoint import Checkpoints
 from mnistjax.config import Config, Member
@@ -43,14 +44,17 @@ from mnistjax.results import Result
 from mnistjax.workdir import CHECKPOINTS, Workdir
 
 
-def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | None = None,
-          dataset: data.Dataset | None = None, *, resume: bool = False, overwrite: bool = False,
+def train(config: Config, sweep: dict[str, tuple] | None = None,
+          workdir: str | os.PathLike | None = None, dataset: data.Dataset | None = None, *,
+          resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = print) -> Result:
   """Trains per config, evaluating before training and after every epoch.
 
   Args:
-    config: the run's settings (validated here).
-    sweep: settings to sweep, each with its values ({"dropout": (0.25, 0.5)}); their product
+    config: the run's settings (validated here; an argument of the wrong type is a
+      ConfigError too).
+    sweep: settings to sweep (config.SWEEPABLE), each with its values ({"dropout": (0.25,
+      0.5)}); their product
       are the members, trained together, each evaluated and reported on its own. None: the
       config's one member.
     workdir: where every result is written (None: nowhere, and no checkpoints). A folder
@@ -68,10 +72,13 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
   Raises:
     ConfigError, DataError, WorkdirError: bad settings, data or folder (one line each).
     NonFiniteLoss: every member diverged; the last finite epoch's checkpoint is kept.
-    Interrupted: Ctrl-C; the last finished epoch's checkpoint is kept for --resume.
+    Interrupted: Ctrl-C, SIGTERM or SIGHUP; the last finished epoch's checkpoint is kept for
+      --resume.
   """
   wall_start = time.perf_counter()
+  _check_arguments(config, workdir, dataset, resume, overwrite)
   config.validate()
+  sweep = config_lib.check_sweep(sweep) or None
   if resume and overwrite:
     raise ConfigError("--resume continues the workdir's run and --overwrite replaces it: "
                       "give one of them")
@@ -88,8 +95,10 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
     with _StopRequest() as stop:
       run = setup(config, dataset, sweep, parallel.make(config.devices))  # devices before data
       return _train(run, out, log, stop, wall_start)
-  except KeyboardInterrupt:
-    error = Interrupted(_stopped("interrupted", out))
+  except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (errors.Signal)
+    signum = getattr(e, "signum", signal.SIGINT)
+    error = Interrupted(_stopped("interrupted" if signum == signal.SIGINT else
+                                 f"stopped by {signal.Signals(signum).name}", out), signum)
     if out:
       out.log_only(f"error: {error}")
     raise error from None
@@ -100,6 +109,22 @@ def train(config: Config, sweep: dict[str, tuple] | None = None, workdir: str | 
   finally:
     if out:
       out.close()
+
+
+def _check_arguments(config, workdir, dataset, resume, overwrite) -> None:
+  """train's arguments of the wrong type, as one line (the settings are Config.validate's)."""
+  if not isinstance(config, Config):
+    raise ConfigError(f"train(config={config!r}): give a mnistjax.Config, e.g. "
+                      "mnistjax.Config(model='lenet')")
+  if workdir is not None and not isinstance(workdir, (str, os.PathLike)):
+    raise ConfigError(f"train(workdir={workdir!r}): give a folder's path (a str or a "
+                      "pathlib.Path), or None")
+  if dataset is not None and not isinstance(dataset, data.Dataset):
+    raise ConfigError(f"train(dataset={dataset!r}): give a mnistjax.data.Dataset, or None "
+                      "(the dataset is Config.dataset: Config(dataset='fashion_mnist'))")
+  for name, value in (("resume", resume), ("overwrite", overwrite)):
+    if not isinstance(value, bool):
+      raise ConfigError(f"train({name}={value!r}): must be True or False")
 
 
 def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: float
@@ -255,12 +280,8 @@ def _restore(run: Run, out: Workdir, fresh: step.Members, report: _Report
                        "those can't change when a run continues: give another --workdir, or "
                        "--overwrite")
   ckpt = Checkpoints(out.path / CHECKPOINTS)
-  try:
-    epoch = ckpt.latest_epoch()
-    restored, record = ckpt.restore(epoch, fresh)
-  except (ValueError, KeyError, TypeError) as e:  # a checkpoint of another structure
-    raise WorkdirError(f"--resume: the checkpoint in {out.path} does not fit this run "
-                       f"({type(e).__name__}); give another --workdir, or --overwrite") from None
+  try:  # the newest intact checkpoint; those past it are named, and set aside
+    epoch, restored, record = ckpt.restore_latest(fresh, report.log)
   finally:
     ckpt.close()
   # Hyperparameters come from the config, also where the resumed run's flags changed them.
@@ -804,29 +825,35 @@ def _write_results(out: Workdir, run: Run, summary: dict[str, Any],
 # ----------------------------------------------------------------------------- stopping
 
 class _StopRequest:
-  """Turns the first Ctrl-C into a request the loop honours between steps, so that it never
-  lands inside a checkpoint save; a second Ctrl-C interrupts at once."""
+  """Turns the first Ctrl-C, SIGTERM or SIGHUP (what a scheduler sends before it takes the
+  machine back; a closed terminal) into a request the loop honours between steps, so that it
+  never lands inside a checkpoint save; a second one stops at once."""
+
+  SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                  if hasattr(signal, name))
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = None  # the signal's number
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGINT, self._handle)
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
-    signal.signal(signal.SIGINT, self._previous)
+    if self.requested is not None:
+      raise errors.Signal(signum)
+    self.requested = signum
 
   def check(self):
-    if self.requested:
-      raise KeyboardInterrupt
+    if self.requested is not None:
+      raise errors.Signal(self.requested)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def _shown(value) -> str:

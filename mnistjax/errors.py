@@ -1,5 +1,7 @@
 """Errors a user can fix, each reported as one line by the command-line tools."""
 
+import signal
+
 
 class MnistjaxError(Exception):
   """Base class: the message is one line that names the problem and the fix."""
@@ -18,7 +20,22 @@ class NonFiniteLoss(MnistjaxError):
 
 
 class Interrupted(MnistjaxError):
-  """The run was stopped by the user (Ctrl-C) between or inside epochs."""
+  """The run was stopped by Ctrl-C, SIGTERM or SIGHUP between or inside epochs; `signum` is
+  the signal's number (the command line exits with 128 + it)."""
+
+  def __init__(self, message: str, signum: int = signal.SIGINT):
+    super().__init__(message)
+    self.signum = int(signum)
+
+
+class Signal(KeyboardInterrupt):
+  """SIGTERM or SIGHUP (a scheduler taking the machine back, a closed terminal), raised where
+  Ctrl-C raises KeyboardInterrupt, so that a run stops the same way; `signum` as Interrupted's.
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = int(signum)
 
 
 class WorkdirError(MnistjaxError):

@@ -254,6 +254,19 @@ def estimate_seconds(name: str, seeds: tuple[int, ...], quick: bool) -> float:
   return total
 
 
+def check_body(body: Any, path: pathlib.Path) -> None:
+  """Refuses (one line) a reproduction.json that is not a report: not an object, without its
+  "studies", or naming a study that is not one of STUDIES (each name becomes a figure's file
+  name: "../../x" would write outside the report's folder)."""
+  if not isinstance(body, dict) or not isinstance(body.get("studies"), dict):
+    raise WorkdirError(f"{path} is not a reproduction report (an object with \"studies\"); "
+                       "move it aside")
+  unknown = [name for name in body["studies"] if name not in STUDIES]
+  if unknown:
+    raise WorkdirError(f"{path} names studies that are not ours ({', '.join(map(repr, unknown))}"
+                       f"; the studies: {', '.join(STUDIES)}); move it aside")
+
+
 @dataclasses.dataclass
 class Report:
   """reproduction.json: the settings of the reproduction and every finished study."""
@@ -267,6 +280,7 @@ class Report:
         body = json.loads(path.read_text())
       except (OSError, ValueError) as e:
         raise WorkdirError(f"{path} is not a reproduction report ({e}); move it aside") from None
+      check_body(body, path)
       if tuple(body.get("seeds", ())) != tuple(seeds) or body.get("quick") != quick:
         raise ConfigError(f"{path} holds a reproduction over seeds {body.get('seeds')} "
                           f"(quick={body.get('quick')}); give --seeds="

@@ -304,6 +304,7 @@ def _f1_table(name: str, entry: dict[str, Any]) -> list[str]:
 
 def write(body: dict[str, Any], out: pathlib.Path, log=print) -> None:
   """REPRODUCTION.md and out/reproduction/<study>.png for every study of the report."""
+  reproduction.check_body(body, out / "reproduction.json")  # a name is a figure's file name
   (out / FIGURES).mkdir(parents=True, exist_ok=True)
   for name, entry in body["studies"].items():
     _figure(name, entry, out / FIGURES / f"{name}.png")

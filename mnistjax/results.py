@@ -14,9 +14,9 @@ import numpy as np
 
 from mnistjax import config as config_lib
 from mnistjax import data, models, step
-from mnistjax.checkpoint import Checkpoints
+from mnistjax.checkpoint import Checkpoints, latest_epoch
 from mnistjax.config import Config
-from mnistjax.errors import ConfigError
+from mnistjax.errors import ConfigError, WorkdirError
 from mnistjax.files import read_jsonl
 
 
@@ -75,34 +75,57 @@ class Result:
 def load(workdir: str | os.PathLike) -> Result:
   """The Result of a finished or interrupted run from its workdir: history, summary and
   predictions where written, and the state of its last checkpoint."""
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise ConfigError(f"load({workdir!r}): give the path of a run's workdir")
   path = pathlib.Path(workdir).expanduser().absolute()
+  if path.exists() and not path.is_dir():
+    raise ConfigError(f"{path} is a file, not a run's folder; give the --workdir of a run")
   try:
     saved = json.loads((path / "config.json").read_text())
   except FileNotFoundError:
     raise ConfigError(f"{path} holds no run (no config.json); give the --workdir of a "
                       "run") from None
-  config = Config.from_dict(saved["config"])
+  except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+    raise WorkdirError(f"{path / 'config.json'} can't be read ({_reason(e)}); the run's "
+                       "settings are lost: retrain it") from None
   history = read_jsonl(path / "metrics.jsonl")
-  axes = {k: tuple(saved["sweep"][k]) for k in _sweep_order(saved, history)}
-  group = config_lib.members(config, axes or None)
+  try:
+    config = Config.from_dict(saved["config"]).validate()
+    axes = {k: tuple(saved["sweep"][k]) for k in _sweep_order(saved, history)}
+    group = config_lib.members(config, config_lib.check_sweep(axes) or None)
+  except (ConfigError, KeyError, TypeError, AttributeError) as e:
+    raise WorkdirError(f"{path / 'config.json'} is not a run's config ({_reason(e)}); the "
+                       "run's settings are lost: retrain it") from None
   model = models.build(config.model, **config.model_settings())
   summary_path, predictions_path = path / "summary.json", path / "predictions.npy"
   result = Result(config=config, members=group, model=model, history=history,
                   train_log=read_jsonl(path / "train_log.jsonl"), workdir=path,
-                  summary=json.loads(summary_path.read_text()) if summary_path.exists() else None,
+                  summary=_read_json(summary_path) if summary_path.exists() else None,
                   predictions=np.load(predictions_path) if predictions_path.exists() else None)
   if (path / "checkpoints").is_dir():
     ckpt = Checkpoints(path / "checkpoints")
     try:
-      if ckpt.latest_epoch() is not None:
+      if latest_epoch(path / "checkpoints") is not None:
         steps = data.num_train_steps(saved["train_examples"], config.batch_size,
                                      config.drop_remainder)
         template, _ = step.init_members(model, group, steps)
-        members, _ = ckpt.restore(ckpt.latest_epoch(), template)
+        _, members, _ = ckpt.restore_latest(template)  # verified against its checksum
         result.state, result.alive = members.state, np.asarray(members.alive)
     finally:
       ckpt.close()
   return result
+
+
+def _reason(e: BaseException) -> str:
+  return f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"{path} can't be read ({_reason(e)}); delete it and rerun the run "
+                       "with --resume to write it again") from None
 
 
 def _sweep_order(saved: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:

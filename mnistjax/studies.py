@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import pathlib
 from typing import Any
 
 from mnistjax import data, driver
 from mnistjax.config import SWEEPABLE, Config, settings_name
 from mnistjax.errors import ConfigError
 from mnistjax.files import make_folder, write_json
+from mnistjax.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,16 +354,25 @@ def run_study(name: str, overrides: dict[str, Any] | None = None, workdir: str |
     log(f"--- {name} / {run.name}")
     sub = None if workdir is None else (workdir if len(study_runs) == 1
                                         else f"{workdir}/{run.name}")
-    result = driver.train(run.config, run.axes, sub, dataset, resume=resume, overwrite=overwrite,
-                          log=log)
-    for member in result.summary["members"]:
+    summary = _finished(sub, run) if resume else None
+    if summary is not None:
+      log(f"finished earlier with these settings: its results in {sub} are kept")
+    else:
+      # --resume continues each run where it stopped: the interrupted one from its checkpoint,
+      # one that holds no run yet from the start (with nothing to resume from, "resume"
+      # would refuse it), one stopped before its first checkpoint again (--overwrite keeps
+      # its files aside until the new run has a checkpoint).
+      how = _resume_mode(sub) if resume else ("overwrite" if overwrite else "new")
+      summary = driver.train(run.config, run.axes, sub, dataset, resume=how == "resume",
+                             overwrite=how == "overwrite", log=log).summary
+    for member in summary["members"]:
       rows.append({"variant": ",".join(n for n in (run.name if len(study_runs) > 1 else "",
                                                    member["member"]) if n) or run.name,
                    "test_accuracy": member["final"]["test_accuracy"],
                    "test_loss": member["final"]["test_loss"],
                    "train_accuracy": member["final"].get("train_accuracy"),
-                   "wall_seconds": result.summary["wall_seconds"],
-                   "compile_seconds": result.summary["compile_seconds"], "run": run.name})
+                   "wall_seconds": summary["wall_seconds"],
+                   "compile_seconds": summary["compile_seconds"], "run": run.name})
   log(format_table(name, rows))
   outcome = target_outcome(study, rows) if study.target is not None else None
   if outcome:
@@ -370,6 +382,31 @@ def run_study(name: str, overrides: dict[str, Any] | None = None, workdir: str |
                {"study": name, "description": study.description, "notebook": study.notebook,
                 "runs": rows, "target": outcome})
   return rows
+
+
+def _finished(folder: str, run: Run) -> dict[str, Any] | None:
+  """The summary of the run in folder where it finished (its summary.json is written last)
+  with run's settings and sweep; else None (it continues, or starts)."""
+  path = pathlib.Path(folder)
+  try:
+    saved = json.loads((path / "config.json").read_text())
+    summary = json.loads((path / "summary.json").read_text())
+  except (OSError, ValueError):
+    return None
+  if not isinstance(saved, dict) or not isinstance(summary, dict):
+    return None
+  axes = {k: list(v) for k, v in (run.axes or {}).items()}
+  same = (saved.get("config") == run.config.to_dict() and saved.get("sweep") == axes
+          and saved.get("sweep_order", list(axes)) == list(axes))
+  return summary if same else None
+
+
+def _resume_mode(folder: str) -> str:
+  """How a study continued with --resume trains one of its runs: "resume" from its
+  checkpoint, "new" where the folder holds no run yet, "overwrite" where its run stopped
+  before its first checkpoint."""
+  out = Workdir(folder)
+  return "resume" if out.has_checkpoint() else "overwrite" if out.holds_run() else "new"
 
 
 def target_outcome(study: Study, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -320,3 +320,57 @@ def test_a_full_disk_is_one_line_and_leaves_every_record_readable(mnist, tmp_pat
     assert [r["epoch"] for r in files.read_jsonl(disk / "run" / "metrics.jsonl")] == [0, 1, 2]
   finally:
     _umount(disk)
+
+
+@pytest.fixture(scope="module")
+def idx_folder(tmp_path_factory) -> pathlib.Path:
+  """Random IDX files of MNIST's sizes (runs use --train_limit and --verify_data=false)."""
+  return write_dataset(tmp_path_factory.mktemp("idx"), gz=False)
+
+
+@pytest.mark.parametrize("signum,status,name", [(signal.SIGTERM, 143, "SIGTERM"),
+                                                (signal.SIGHUP, 129, "SIGHUP")])
+def test_sigterm_and_sighup_stop_like_ctrl_c_and_the_run_resumes(idx_folder, tmp_path, signum,
+                                                                 status, name):
+  """What a scheduler sends before it takes the machine back: the run stops at the next step,
+  keeps its last finished epoch, says so in one line (and in log.txt), and resumes."""
+  flags = ["--train_limit=640", "--test_limit=100", "--eval_train=false", "--verify_data=false",
+           f"--data_dir={idx_folder}", f"--workdir={tmp_path}"]
+  proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "run.py"), "--epochs=200",
+                           *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT)
+  deadline = time.time() + 300
+  while time.time() < deadline and len(files.read_jsonl(tmp_path / "metrics.jsonl")) < 2:
+    time.sleep(0.1)  # the first epoch's line is written
+  proc.send_signal(signum)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == status, stderr
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in stderr, stderr
+  assert lines[0].startswith(f"run.py: error: stopped by {name}; the checkpoint of epoch ")
+  assert lines[0].endswith(f"are in {tmp_path}: continue with --resume")
+  log = (tmp_path / "log.txt").read_text().splitlines()
+  assert log[-1] == "error: " + lines[0].removeprefix("run.py: error: ")
+  done = files.read_jsonl(tmp_path / "metrics.jsonl")[-1]["epoch"]
+  assert f"the checkpoint of epoch {done} " in lines[0]
+  result = run(f"--epochs={done + 1}", *flags, "--resume")
+  assert result.returncode == 0, result.stderr
+  assert f"resumed from the checkpoint of epoch {done}" in result.stdout
+  assert [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")] == list(
+      range(done + 2))
+
+
+def test_a_second_sigterm_stops_at_once_without_a_traceback(idx_folder, tmp_path):
+  proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "run.py"), "--epochs=200",
+                           "--train_limit=640", "--test_limit=100", "--verify_data=false",
+                           f"--data_dir={idx_folder}", f"--workdir={tmp_path}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  deadline = time.time() + 300
+  while time.time() < deadline and len(files.read_jsonl(tmp_path / "metrics.jsonl")) < 2:
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 143, stderr
+  assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+  assert "stopped by SIGTERM" in stderr and "--resume" in stderr

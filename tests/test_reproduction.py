@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from mnistjax import files, reproduction, reproduction_report, studies
-from mnistjax.errors import ConfigError
+from mnistjax.errors import ConfigError, WorkdirError
 
 from test_cli import ROOT  # pylint: disable=g-bad-import-order
 
@@ -190,3 +190,24 @@ def test_command_line_errors_are_one_line(tmp_path):
   helped = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
   assert helped.returncode == 0 and "--seeds" in helped.stdout and "--quick" in helped.stdout
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ([1, 2], 'an object with "studies"'),
+    ({"seeds": [1, 2], "quick": True}, 'an object with "studies"'),
+    ({"seeds": [1, 2], "quick": True, "studies": {"../../x": {}}}, "'../../x'"),
+])
+def test_a_report_that_is_not_one_is_one_line_and_writes_nothing_outside(tmp_path, body,
+                                                                          fragment):
+  out = tmp_path / "out" / "report"
+  out.mkdir(parents=True)
+  path = out / "reproduction.json"
+  path.write_text(json.dumps(body))
+  with pytest.raises(WorkdirError) as error:
+    reproduction.Report.open(path, (1, 2), quick=True)
+  assert "\n" not in str(error.value) and fragment in str(error.value)
+  assert "move it aside" in str(error.value)
+  if isinstance(body, dict) and "studies" in body:  # the report's writer refuses it too
+    with pytest.raises(WorkdirError, match="not ours"):
+      reproduction_report.write(body, out, log=lambda line: None)
+  assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "report", "reproduction.json"]

@@ -7,8 +7,9 @@ import json
 import pytest
 
 import mnistjax
-from mnistjax import studies
-from mnistjax.errors import ConfigError
+from conftest import write_dataset
+from mnistjax import driver, files, studies
+from mnistjax.errors import ConfigError, Interrupted
 
 # docs/studies.md, study by study: the settings that make each protocol.
 PROTOCOLS = {
@@ -115,3 +116,44 @@ def test_evaluation_batch_is_the_flag_or_the_backend_default():
   assert Config(eval_batch_size=64).eval_batch("gpu") == 64
   with pytest.raises(ConfigError, match="--eval_batch_size=-1"):
     Config(eval_batch_size=-1).validate()
+
+
+def test_a_study_interrupted_in_its_second_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+  """--resume of a study of several runs: the finished run is kept (not trained again), the
+  interrupted one continues from its checkpoint, the one not started starts; the numbers are
+  those of an uninterrupted study."""
+  small = {"epochs": 2, "train_limit": 256, "test_limit": 100, "verify_data": False,
+           "data_dir": str(write_dataset(tmp_path / "data", gz=False))}
+  straight = mnistjax.run_study("s4_activation", small, str(tmp_path / "a"), log=lambda _: None)
+
+  evaluate = driver._evaluate  # pylint: disable=protected-access
+
+  def interrupt_tanh_in_epoch_2(run, eval_step, trainer, epoch, *rest, **kwargs):
+    if run.config.activation == "tanh" and epoch == 2:
+      raise KeyboardInterrupt
+    return evaluate(run, eval_step, trainer, epoch, *rest, **kwargs)
+
+  monkeypatch.setattr(driver, "_evaluate", interrupt_tanh_in_epoch_2)
+  with pytest.raises(Interrupted, match="checkpoint of epoch 1"):
+    mnistjax.run_study("s4_activation", small, str(tmp_path / "b"), log=lambda _: None)
+  monkeypatch.setattr(driver, "_evaluate", evaluate)
+  assert not (tmp_path / "b" / "activation=relu").exists()
+
+  trained, train = [], driver.train
+
+  def recording_train(config, *args, **kwargs):
+    trained.append((config.activation, kwargs["resume"]))
+    return train(config, *args, **kwargs)
+
+  monkeypatch.setattr(driver, "train", recording_train)
+  lines = []
+  resumed = mnistjax.run_study("s4_activation", small, str(tmp_path / "b"), resume=True,
+                               log=lines.append)
+  assert trained == [("tanh", True), ("relu", False)]  # sigmoid kept, tanh continued
+  assert any("finished earlier" in line for line in lines)
+  assert any("resumed from the checkpoint of epoch 1" in line for line in lines)
+  numbers = ("variant", "test_accuracy", "test_loss", "train_accuracy", "run")
+  assert [{k: r[k] for k in numbers} for r in resumed] == [
+      {k: r[k] for k in numbers} for r in straight]
+  tanh = files.read_jsonl(tmp_path / "b" / "activation=tanh" / "metrics.jsonl")
+  assert [r["epoch"] for r in tanh] == [0, 1, 2]
