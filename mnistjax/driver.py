@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm.auto
+import tqdm
 
 from mnistjax import checkpoint, data, errors, files, metrics, models, parallel, plots, step
 from mnistjax import config as config_lib
@@ -744,11 +744,14 @@ def epoch_line(record: dict[str, Any]) -> str:
 
 
 def _progress(total: int, desc: str):
-  """A progress bar on a terminal or in a notebook (tqdm.auto); nothing when output goes to
-  a file (disable=None: only on a TTY)."""
-  in_notebook = "ipykernel" in sys.modules
-  return tqdm.auto.tqdm(total=total, desc=desc, leave=False, unit="step",
-                        disable=False if in_notebook else None, dynamic_ncols=True)
+  """A progress bar on a terminal; nothing when output goes to a file (disable=None: only on a
+  TTY). In a notebook, a text bar left at its final state: a saved notebook keeps what a text
+  stream last showed ("100% 157/157"), where tqdm's widget is saved as "0%" forever."""
+  if "ipykernel" in sys.modules:
+    return tqdm.tqdm(total=total, desc=desc, leave=True, unit="step", file=sys.stdout,
+                     mininterval=1.0)
+  return tqdm.tqdm(total=total, desc=desc, leave=False, unit="step", disable=None,
+                   dynamic_ncols=True)
 
 
 def _summary(run: Run, records, history, predictions: np.ndarray, alive: np.ndarray
@@ -800,13 +803,14 @@ def _write_results(out: Workdir, run: Run, summary: dict[str, Any],
   """summary.json and predictions.npy; a plain run's classification report, confusion matrix
   and figures, a sweep's figures."""
   dataset, path = run.dataset, out.path
+  title = plots.run_title(run.config, run.axes)
   buffer = io.BytesIO()
   np.save(buffer, predictions)
   files.write_bytes(path / "predictions.npy", buffer.getvalue())
   files.write_json(path / "summary.json", summary)
   if run.axes:
-    plots.sweep_accuracy(history, run.axes, path / "sweep_accuracy.png")
-    plots.sweep_curves(history, path / "sweep_curves.png")
+    plots.sweep_accuracy(history, run.axes, path / "sweep_accuracy.png", title)
+    plots.sweep_curves(history, path / "sweep_curves.png", title)
     return
   names = dataset.class_names
   confusion = metrics.confusion_matrix(dataset.test.labels, predictions[0])
@@ -815,11 +819,12 @@ def _write_results(out: Workdir, run: Run, summary: dict[str, Any],
   files.write_text(path / "confusion_matrix.csv", "true\\predicted," + ",".join(names) + "\n"
                    + "\n".join(f"{name}," + ",".join(map(str, row))
                                 for name, row in zip(names, confusion)) + "\n")
-  plots.loss_curves(files.read_jsonl(path / "train_log.jsonl"), history, path / "loss.png")
-  plots.error_curves(history, path / "error.png")
+  plots.loss_curves(files.read_jsonl(path / "train_log.jsonl"), history, path / "loss.png",
+                    title)
+  plots.error_curves(history, path / "error.png", title)
   plots.prediction_grid(dataset.test.images, dataset.test.labels, predictions[0], names,
-                        path / "predictions.png")
-  plots.confusion(confusion, names, path / "confusion_matrix.png")
+                        path / "predictions.png", title=title)
+  plots.confusion(confusion, names, path / "confusion_matrix.png", title)
 
 
 # ----------------------------------------------------------------------------- stopping

@@ -6,7 +6,8 @@
   cut short (a crash, a full disk) is dropped by `read_jsonl` and cut off before the next
   append. Records are strict JSON (`dumps`): NaN and infinities are written as null.
 - `Lock`: an exclusive lock on a file, held by one open file at a time, that names its
-  holder; the kernel drops it when the holder dies, so a killed process leaves none behind.
+  holder; the kernel drops it when the holder dies, so a killed process leaves none behind
+  (flock(2) on POSIX, msvcrt's byte-range lock on Windows, where there is no fcntl).
 - An OSError a user can fix (a full disk, no permission, a read-only mount) is a
   WorkdirError: one line that names the fix.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
@@ -27,6 +27,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from mnistjax.errors import WorkdirError
+
+try:
+  import fcntl  # pylint: disable=g-import-not-at-top
+except ImportError:  # Windows: `import mnistjax` must work there too
+  fcntl = None
+  import msvcrt  # pylint: disable=g-import-not-at-top
 
 
 def _umask() -> int:
@@ -158,6 +164,30 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
 # -- one holder at a time
 
 
+def _lock(handle, wait: bool) -> bool:
+  """Locks the open file handle: True, or False where another holds it and not wait."""
+  if fcntl is not None:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+      return True
+    except BlockingIOError:
+      return False
+  # Windows: a lock on the file's first byte, held by this handle (a second open() of the file
+  # is refused too) and dropped with the process. msvcrt.LK_LOCK gives up after 10 s, so a
+  # waiting acquire polls. Others cannot read a locked byte: holder() then says "another".
+  while True:
+    handle.seek(0)
+    try:
+      msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+      return True
+    except OSError as e:
+      if e.errno not in (errno.EACCES, errno.EDEADLK):  # not "held by another"
+        raise
+      if not wait:
+        return False
+      time.sleep(0.1)
+
+
 class Lock:
   """An exclusive lock on the file at path (created if need be), which names its holder.
 
@@ -179,15 +209,14 @@ class Lock:
     with os_errors(self.path, "locking it"):
       handle = open(self.path, "a+")  # pylint: disable=consider-using-with
       try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        if not _lock(handle, wait):  # held by another
+          handle.close()
+          return False
         handle.seek(0)
         handle.truncate()
         handle.write(f"{self._who} {os.getpid()} on {socket.gethostname()} since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-      except BlockingIOError:  # held by another
-        handle.close()
-        return False
       except BaseException:  # Ctrl-C while waiting, a full disk: the lock goes with the file
         handle.close()
         raise
@@ -203,6 +232,10 @@ class Lock:
 
   def release(self) -> None:
     if self._file is not None:
+      if fcntl is None:  # Windows may keep a closed file's lock a while: unlock first
+        with contextlib.suppress(OSError):
+          self._file.seek(0)
+          msvcrt.locking(self._file.fileno(), msvcrt.LK_UNLCK, 1)
       self._file.close()
       self._file = None
 

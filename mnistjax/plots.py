@@ -1,41 +1,91 @@
 """The figures of a run: each function returns its matplotlib Figure (a notebook shows it
-inline) and, given a path, also saves it as PNG (no display needed).
+inline, as a PNG) and, given a path, also saves it as PNG (no display needed). `title` names
+the run a figure shows (`run_title`); the driver gives every figure it writes one.
 
 matplotlib is imported on the first figure, not with this module: a run without a workdir
 draws nothing and starts sooner. Figures are matplotlib's object API, not pyplot, so
-drawing them changes no backend or pyplot state in the caller's notebook.
+drawing them changes no backend or pyplot state in the caller's notebook; without pyplot,
+Jupyter's inline display never switches on, so each figure draws itself for IPython
+(`_repr_png_`): it shows in Jupyter and Colab with no `%matplotlib` magic.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import pathlib
+import textwrap
 
 import numpy as np
 
-from mnistjax.config import settings_name
+from mnistjax.config import Config, settings_name
 from mnistjax.files import write_bytes
+
+_DPI = 110
+
+# The settings a study's variants change, named in a figure's title where not the default.
+_TITLE_SETTINGS = ("activation", "dropout", "batchnorm", "init", "input_dropout", "prelu_init",
+                   "normalization", "optimizer", "lr", "momentum", "weight_decay", "l2")
+
+
+def run_title(config: Config, axes: dict[str, tuple] | None = None) -> str:
+  """Which run a figure shows: "lenet on mnist: activation=relu, dropout=0.25", then the swept
+  settings of a sweep."""
+  default = Config()
+  changed = {k: getattr(config, k) for k in _TITLE_SETTINGS
+             if getattr(config, k) != getattr(default, k) and k not in (axes or {})}
+  title = f"{config.model} on {config.dataset}"
+  if changed:
+    title += ": " + settings_name(changed, ", ")
+  if axes:
+    title += "; a sweep of " + " x ".join(axes)
+  return title
+
+
+def _png(fig) -> bytes:
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=_DPI)
+  return buffer.getvalue()
+
+
+@functools.cache
+def _figure_class():
+  """matplotlib's Figure, shown as a PNG by IPython (Jupyter, Colab) wherever it is a cell's
+  value. Where pyplot's inline backend is on, its own display of Figures comes first."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  class RunFigure(Figure):
+
+    def _repr_png_(self) -> bytes:
+      return _png(self)
+
+  return RunFigure
 
 
 def _subplots(*args, **kwargs):
-  """(figure, axes) as pyplot.subplots gives them, for a figure that only saves to files."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=kwargs.pop("figsize", None))
+  """(figure, axes) as pyplot.subplots gives them, for a figure drawn without pyplot."""
+  fig = _figure_class()(figsize=kwargs.pop("figsize", None))
   return fig, fig.subplots(*args, **kwargs)
 
 
-def _finish(fig, path: pathlib.Path | str | None):
-  """The figure laid out, and written to path (atomically: the old file or the new one, never
-  half of one) where one is given."""
+def _finish(fig, path: pathlib.Path | str | None, title: str | None):
+  """The figure titled and laid out, and written to path (atomically: the old file or the new
+  one, never half of one) where one is given."""
+  if title:
+    fig.suptitle(textwrap.fill(title, 80), fontsize=10)
   fig.tight_layout()
   if path is not None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_bytes(pathlib.Path(path), buffer.getvalue())
+    write_bytes(pathlib.Path(path), _png(fig))
   return fig
 
 
-def loss_curves(train_log: list[dict], epochs: list[dict], path=None):
+def _integer_ticks(ax) -> None:
+  """Epochs are whole: no 0.5 ticks on a short run's axis."""
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def loss_curves(train_log: list[dict], epochs: list[dict], path=None, title=None):
   """Training loss per log interval and test (and train-set) loss per epoch, against examples
   seen, as the S1 notebook drew them."""
   fig, ax = _subplots(figsize=(7, 4))
@@ -51,10 +101,10 @@ def loss_curves(train_log: list[dict], epochs: list[dict], path=None):
   ax.set_ylabel("negative log-likelihood")
   ax.set_yscale("log")
   ax.legend()
-  return _finish(fig, path)
+  return _finish(fig, path, title)
 
 
-def error_curves(epochs: list[dict], path=None):
+def error_curves(epochs: list[dict], path=None, title=None):
   """Train and test error % per epoch."""
   fig, ax = _subplots(figsize=(6, 4))
   x = [r["epoch"] for r in epochs]
@@ -63,13 +113,13 @@ def error_curves(epochs: list[dict], path=None):
     ax.plot(x, [100 - r["train_accuracy"] for r in epochs], "s--", label="train error")
   ax.set_xlabel("epoch")
   ax.set_ylabel("error %")
-  ax.set_xticks(x)
+  _integer_ticks(ax)
   ax.legend()
-  return _finish(fig, path)
+  return _finish(fig, path, title)
 
 
 def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                    class_names, path=None, n: int = 36):
+                    class_names, path=None, n: int = 36, title=None):
   """Test images with predicted labels; mistakes in red with the true label."""
   n = min(n, len(images))
   cols = 6
@@ -78,18 +128,20 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndar
   for ax, image, label, pred in zip(np.ravel(axes), images[:n], labels[:n], predictions[:n]):
     ax.imshow(image, cmap="gray")
     wrong = pred != label
-    title = f"{class_names[pred]}" + (f"\n(true {class_names[label]})" if wrong else "")
-    ax.set_title(title, color="red" if wrong else "black", fontsize=8)
+    caption = f"{class_names[pred]}" + (f"\n(true {class_names[label]})" if wrong else "")
+    ax.set_title(caption, color="red" if wrong else "black", fontsize=8)
   for ax in np.ravel(axes):
     ax.set_axis_off()
-  return _finish(fig, path)
+  return _finish(fig, path, title)
 
 
-def confusion(counts: np.ndarray, class_names, path=None):
+def confusion(counts: np.ndarray, class_names, path=None, title=None):
   """The confusion matrix, counts written in the cells."""
   fig, ax = _subplots(figsize=(7, 6))
   im = ax.imshow(counts, cmap="Blues")
-  ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+  short = all(len(str(name)) <= 2 for name in class_names)  # digits stand upright
+  ax.set_xticks(range(len(class_names)), class_names, rotation=0 if short else 45,
+                ha="center" if short else "right")
   ax.set_yticks(range(len(class_names)), class_names)
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
@@ -98,10 +150,10 @@ def confusion(counts: np.ndarray, class_names, path=None):
     ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
             color="white" if c > threshold else "black")
   fig.colorbar(im, ax=ax)
-  return _finish(fig, path)
+  return _finish(fig, path, title)
 
 
-def sweep_accuracy(records: list[dict], axes: dict[str, tuple], path=None):
+def sweep_accuracy(records: list[dict], axes: dict[str, tuple], path=None, title=None):
   """Final test accuracy against the first non-seed swept value (error bars over seeds), a
   line per setting of the other swept values."""
   last = max(r["epoch"] for r in records)
@@ -121,11 +173,11 @@ def sweep_accuracy(records: list[dict], axes: dict[str, tuple], path=None):
   ax.set_xlabel(x_axis)
   ax.set_ylabel(f"test accuracy % after epoch {last}")
   if others:
-    ax.legend(fontsize=7)
-  return _finish(fig, path)
+    ax.legend(fontsize=8, title=", ".join(others), title_fontsize=8)
+  return _finish(fig, path, title)
 
 
-def sweep_curves(records: list[dict], path=None):
+def sweep_curves(records: list[dict], path=None, title=None):
   """Every member's test accuracy per epoch."""
   fig, ax = _subplots(figsize=(7, 4))
   for member in dict.fromkeys(r["member"] for r in records):
@@ -134,5 +186,8 @@ def sweep_curves(records: list[dict], path=None):
             label=member)
   ax.set_xlabel("epoch")
   ax.set_ylabel("test accuracy %")
-  ax.legend(fontsize=6, ncol=2)
-  return _finish(fig, path)
+  _integer_ticks(ax)
+  # Beside the axes, where it hides no curve; a second column past 12 members.
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
+            ncol=1 if len(set(r["member"] for r in records)) <= 12 else 2)
+  return _finish(fig, path, title)

@@ -40,8 +40,9 @@ from mnistjax.workdir import CHECKPOINTS, RESULTS
 # Every notebook study (those with the notebook's numbers; the speedrun is not a notebook's).
 STUDIES = tuple(name for name, study in studies.STUDIES.items() if study.numbers is not None)
 SEEDS = (1, 2, 3)
-# --quick: the whole pipeline on small slices, in a minute or two.
+# --quick: the whole pipeline on small slices, a check that it runs, not of the numbers.
 QUICK = {"train_limit": 640, "test_limit": 500, "epochs": 1}
+NO_VERDICT = "pipeline check (--quick): no verdict"
 
 # Two-sided 95% Student-t quantiles t(0.975, df), df = 1..30.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -344,7 +345,9 @@ def reproduce(names: tuple[str, ...] = STUDIES, seeds: tuple[int, ...] = SEEDS,
     changes = studies.lookup(name).quirks
     if differing and changes:
       flags = settings_name({f"--{k}": v for k, v in changes.items()}, ", ")
-      log(f"  {name}: {', '.join(differing)} differs; running the notebook's own {flags} to "
+      log(f"  {name}: running the notebook's own {flags}, as a full reproduction would, to "
+          "check that step" if quick else
+          f"  {name}: {', '.join(differing)} differs; running the notebook's own {flags} to "
           "see whether it explains that")
       quirk = measure(name, seeds, work / f"{name}-notebook-quirk", datasets, quick, changes,
                       log=log)
@@ -355,17 +358,21 @@ def reproduce(names: tuple[str, ...] = STUDIES, seeds: tuple[int, ...] = SEEDS,
     done_estimate += estimates[name]
     done_seconds += entry["seconds"]
     log(f"  {name}: " + "; ".join(
-        f"{v} {_short(rows)}" for v, rows in entry["compared"].items()))
+        f"{v} {_short(rows, quick)}" for v, rows in entry["compared"].items()))
   report.add()
-  log(f"{len(todo)} studies in {duration(time.perf_counter() - start)}")
+  log(f"{len(todo)} studies in {duration(time.perf_counter() - start)}"
+      + (f"; {NO_VERDICT} ({QUICK['epochs']} epoch on {QUICK['train_limit']} training "
+         "images: a reproduction runs without --quick)" if quick else ""))
   return report
 
 
-def _short(rows: dict[str, Any]) -> str:
+def _short(rows: dict[str, Any], quick: bool = False) -> str:
+  """A variant's headline number: ours, the notebook's and the verdict (none with --quick)."""
   row = rows[headline(rows)]
   text = f"{row['mean']:.4g}" + (f" +- {row['std']:.2g}" if row["std"] is not None else "")
-  return text + (f" vs {row['notebook']:.4g} ({row['verdict']})" if row["notebook"] is not None
-                 else "")
+  if row["notebook"] is None:
+    return text
+  return text + f" vs {row['notebook']:.4g}" + ("" if quick else f" ({row['verdict']})")
 
 
 def duration(seconds: float) -> str:

@@ -43,10 +43,13 @@ def _range(row: dict[str, Any], percent: bool) -> str:
   return f"{_number(lo, percent)} – {_number(hi, percent)}"
 
 
-def _table(name: str, entry: dict[str, Any]) -> list[str]:
+def _table(name: str, entry: dict[str, Any], quick: bool = False) -> list[str]:
   lines = ["| variant | number | notebook | ours mean ± std (seeds) | 95% interval | verdict "
            "| per epoch |", "|---|---|---|---|---|---|---|"]
   for variant, rows in entry["compared"].items():
+    if quick:
+      rows = {k: ({**r, "verdict": reproduction.NO_VERDICT} if "verdict" in r else r)
+              for k, r in rows.items()}
     diverged = sum(entry["variants"][variant].get("diverged", []))
     if diverged:  # frozen at their last finite step: what they reached before diverging
       seeds = len(entry["variants"][variant]["seeds"])
@@ -57,7 +60,7 @@ def _table(name: str, entry: dict[str, Any]) -> list[str]:
       if key not in rows:
         continue
       row = rows[key]
-      curve = rows.get("curve") if key == "test_accuracy" else None
+      curve = rows.get("curve") if key == "test_accuracy" and not quick else None
       per_epoch = f"{curve['within']}/{curve['epochs']} inside" if curve else ""
       lines.append(f"| {variant if first else ''} | {label} | "
                    f"{_number(row['notebook'], percent)} | {_ours(row, percent)} | "
@@ -66,8 +69,9 @@ def _table(name: str, entry: dict[str, Any]) -> list[str]:
   return lines
 
 
-def _diagnoses(name: str, entry: dict[str, Any]) -> list[str]:
-  """A sentence for every number that differs: what was measured about it."""
+def _diagnoses(name: str, entry: dict[str, Any], quick: bool = False) -> list[str]:
+  """A sentence for every number that differs: what was measured about it (with --quick, the
+  same sentences without a verdict: they check that the diagnosis runs)."""
   out = []
   notebook_all = studies.lookup(name).numbers or {}
   for variant, rows in entry["compared"].items():
@@ -80,7 +84,7 @@ def _diagnoses(name: str, entry: dict[str, Any]) -> list[str]:
               f"({_number(row['mean'], percent)} vs {_number(row['notebook'], percent)}).")
       if row.get("reason"):
         text += f" Expected: {row['reason']}."
-      curve = rows.get("curve") if key == "test_accuracy" else None
+      curve = rows.get("curve") if key == "test_accuracy" and not quick else None
       if curve:
         text += _curve_sentence(curve, "test accuracy")
         nb = notebook_all[variant]["test_accuracy_by_epoch"]
@@ -92,21 +96,21 @@ def _diagnoses(name: str, entry: dict[str, Any]) -> list[str]:
                    f"{'inside' if inside else 'outside'} our interval for the best epoch "
                    f"({best[0]:.2f} – {best[1]:.2f}).")
       if key == "train_accuracy":
-        text += _train_fit(variant, entry, rows, notebook_all.get(variant, {}))
+        text += _train_fit(variant, entry, rows, notebook_all.get(variant, {}), quick)
       quirk = entry.get("quirk")
       if quirk and variant in quirk["compared"] and key in quirk["compared"][variant]:
         q = quirk["compared"][variant][key]
         changes = settings_name(quirk["changes"], ", ")
-        text += (f" Run again with the notebook's own {changes}: "
-                 f"{_ours(q, percent)}, {q['verdict']}"
-                 + ("; so that quirk explains the difference." if q["verdict"] == "reproduced"
-                    else "; that quirk does not explain it."))
+        text += f" Run again with the notebook's own {changes}: {_ours(q, percent)}" + (
+            "." if quick else f", {q['verdict']}"
+            + ("; so that quirk explains the difference." if q["verdict"] == "reproduced"
+               else "; that quirk does not explain it."))
       out.append(text)
   return out
 
 
 def _train_fit(variant: str, entry: dict[str, Any], rows: dict[str, Any],
-               notebook: dict[str, Any]) -> str:
+               notebook: dict[str, Any], quick: bool = False) -> str:
   """Where the training accuracy differs: how much closer to the training set each side
   came (its train - test gap), and the notebook's training curve against ours per epoch."""
   text = ""
@@ -115,9 +119,9 @@ def _train_fit(variant: str, entry: dict[str, Any], rows: dict[str, Any],
     ours_gap = rows["train_accuracy"]["mean"] - test["mean"]
     nb_gap = rows["train_accuracy"]["notebook"] - test["notebook"]
     text += (f" Train minus test accuracy: ours {ours_gap:.2f}, the notebook's {nb_gap:.2f}"
-             f" (test accuracy {test['verdict']}).")
+             + ("." if quick else f" (test accuracy {test['verdict']})."))
   ours_by_epoch = entry["variants"][variant].get("train_accuracy_by_epoch")
-  if ours_by_epoch and "train_accuracy_by_epoch" in notebook:
+  if ours_by_epoch and "train_accuracy_by_epoch" in notebook and not quick:
     curve = reproduction.curve_within(ours_by_epoch, notebook["train_accuracy_by_epoch"],
                                       entry["test_examples"])
     text += _curve_sentence(curve, "train accuracy")
@@ -223,14 +227,30 @@ def markdown(body: dict[str, Any]) -> str:
   """REPRODUCTION.md: how it was made, the verdict rule, one table per notebook."""
   seeds = ", ".join(map(str, body["seeds"]))
   done = body["studies"]
+  quick = bool(body.get("quick"))
   lines = [
-      "# Reproduction of the four notebooks",
+      "# Reproduction of the four notebooks" + (": pipeline check (--quick)" if quick else ""),
       "",
       "Generated by `python experiments/reproduce.py"
-      + (" --quick" if body.get("quick") else "") + f"` from `reproduction.json`: every study "
+      + (" --quick" if quick else "") + f"` from `reproduction.json`: every study "
       f"over seeds {seeds}, each beside what its notebook printed (docs/studies.md describes "
       "the studies). Do not edit: rerun the command.",
       "",
+  ]
+  if quick:
+    q = reproduction.QUICK
+    lines += [
+        f"**A pipeline check, not a reproduction.** `--quick` trains every run for "
+        f"{q['epochs']} epoch on the first {q['train_limit']} training images and evaluates "
+        f"it on the first {q['test_limit']} test images, so its numbers say nothing about "
+        "the notebooks': every verdict "
+        f"reads *{reproduction.NO_VERDICT}*, and the diagnoses below only show that that "
+        "step runs. The studies' notes, which describe the full protocol, are left out. "
+        "`python experiments/reproduce.py` (no `--quick`) reproduces the studies.",
+        "",
+    ]
+  else:
+    lines += [
       "**Verdict.** A notebook ran each variant once, with one seed: its number is one draw "
       "from the spread that seeds give. We ask whether our runs would produce it: the 95% "
       "prediction interval for one more seed, mean ± t(n−1) · sd · √(1 + 1/n), with sd our "
@@ -244,7 +264,7 @@ def markdown(body: dict[str, Any]) -> str:
       "to the last digit. *Per epoch*: at how many epochs the notebook's test accuracy lies "
       "inside our interval for that epoch.",
       "",
-  ]
+    ]
   machines = sorted({e["machine"] for e in done.values()})
   total = sum(_cost(e) for e in done.values())
   lines += [f"Ran on: {'; '.join(machines)}. The runs took {reproduction.duration(total)} "
@@ -261,12 +281,13 @@ def markdown(body: dict[str, Any]) -> str:
     for name in names:
       entry = done[name]
       lines += [f"### {name}: {entry['description']}", ""]
-      lines += _table(name, entry) + [""]
-      if studies.lookup(name).notes:
+      lines += _table(name, entry, quick) + [""]
+      if studies.lookup(name).notes and not quick:
         lines += [studies.lookup(name).notes, ""]
-      diagnoses = _diagnoses(name, entry)
+      diagnoses = _diagnoses(name, entry, quick)
       if diagnoses:
-        lines += ["Where ours differs:", ""] + diagnoses + [""]
+        lines += ["Where ours differs" + (" (the diagnosis step, checked)" if quick else "")
+                  + ":", ""] + diagnoses + [""]
       if name.startswith("s4") and name != "s4_adam":
         lines += _f1_table(name, entry) + [""]
       lines += [f"![{name}]({FIGURES}/{name}.png)", "",

@@ -156,6 +156,56 @@ def test_the_lock_refuses_another_process_and_goes_with_it_when_it_is_killed(tmp
   lock.release()
 
 
+# Where there is no fcntl (Windows), files.py locks through msvcrt. This Linux stands in for it:
+# `import fcntl` fails (None in sys.modules) and an msvcrt module locks a handle's byte as
+# Windows' does, one holder per open file, through the flock(2) taken before fcntl went away.
+# mnistjax's dependencies are imported first: with an msvcrt, the standard library (subprocess)
+# takes its Windows paths, which need Windows; what they do there is theirs to handle.
+WITHOUT_FCNTL = """
+import errno, subprocess, sys, threading, time, types
+import absl.flags, flax, jax, numpy, optax, orbax.checkpoint, tqdm
+import fcntl as real_fcntl
+sys.modules["fcntl"] = None
+msvcrt = sys.modules["msvcrt"] = types.ModuleType("msvcrt")
+msvcrt.LK_UNLCK, msvcrt.LK_NBLCK = 0, 2
+calls = []
+def locking(fd, mode, nbytes):
+  calls.append(mode)
+  assert nbytes == 1
+  try:
+    real_fcntl.flock(fd, real_fcntl.LOCK_UN if mode == msvcrt.LK_UNLCK
+                     else real_fcntl.LOCK_EX | real_fcntl.LOCK_NB)
+  except BlockingIOError:
+    raise OSError(errno.EACCES, "Permission denied") from None
+msvcrt.locking = locking
+
+import mnistjax
+from mnistjax import files
+assert files.fcntl is None
+path = sys.argv[1]
+first, second = files.Lock(path, "run"), files.Lock(path, "run")
+assert first.acquire(wait=False)
+assert not second.acquire(wait=False)
+assert second.holder().startswith("run "), second.holder()
+threading.Timer(0.5, first.release).start()
+started = time.perf_counter()
+assert second.acquire(wait=True)  # waits for the release
+assert time.perf_counter() - started > 0.3
+second.release()
+assert msvcrt.LK_UNLCK in calls
+with files.Lock(path, "run"):
+  pass
+print("locked without fcntl")
+"""
+
+
+def test_mnistjax_imports_and_locks_where_there_is_no_fcntl(tmp_path):
+  result = subprocess.run([sys.executable, "-c", WITHOUT_FCNTL, str(tmp_path / ".lock")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[-1] == "locked without fcntl"
+
+
 def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):
   with pytest.raises(WorkdirError, match=r"^\S*missing/.lock: No such file or directory while "
                      r"locking it; choose another --workdir$"):

@@ -96,6 +96,9 @@ def _quick_end_to_end(names, tmp_path, monkeypatch):
     assert (tmp_path / "reproduction" / f"{name}.png").stat().st_size > 1000
   assert any(line.startswith(f"[1/{len(names)}] {names[0]}") and "left" in line
              for line in lines)
+  # A pipeline check: no verdict on numbers of 640 images and one epoch, and it says so.
+  assert not any(word in line for line in lines for word in ("(reproduced)", "(differs"))
+  assert any(reproduction.NO_VERDICT in line and "without --quick" in line for line in lines)
   text = (tmp_path / "REPRODUCTION.md").read_text()
   for name in names:
     assert f"### {name}: " in text and f"(reproduction/{name}.png)" in text
@@ -178,6 +181,38 @@ def test_markdown_shows_a_diagnosis_for_every_difference():
   assert ("final train accuracy %**: ours is higher (99.25 vs 98.75). Train minus test "
           "accuracy: ours 0.30, the notebook's 0.58 (test accuracy differs). Per epoch, the "
           "notebook's train accuracy lies inside our interval at ") in text
+
+
+def _s0_init_entry() -> dict:
+  entry = {"description": "d", "test_examples": 10000, "seconds": 1.0, "machine": "m",
+           "finished": "t", "variants": {
+               "batchnorm=False,init=xavier_normal": {
+                   "seeds": [1, 2, 3], "test_accuracy": [98.9, 98.95, 99.0],
+                   "diverged": [False, True, False], "train_accuracy": [99.2, 99.25, 99.3],
+                   "test_accuracy_by_epoch": [[96.0, 98.1, 98.4, 98.8, 98.9],
+                                              [96.1, 98.2, 98.5, 98.85, 98.95],
+                                              [96.2, 98.3, 98.6, 98.9, 99.0]]}}}
+  entry["compared"] = reproduction.compare("s0_init", entry["variants"], 10000)
+  return entry
+
+
+def test_a_quick_report_is_a_pipeline_check_without_verdicts_or_full_data_claims():
+  entry = _s0_init_entry()
+  full = reproduction_report.markdown({"seeds": [1, 2, 3], "quick": False,
+                                       "studies": {"s0_init": entry}})
+  assert "| differs; diverged in 1 of 3 seeds |" in full and "whole test (10,000)" in full
+  text = reproduction_report.markdown({"seeds": [1, 2, 3], "quick": True,
+                                       "studies": {"s0_init": entry}})
+  assert text.startswith("# Reproduction of the four notebooks: pipeline check (--quick)\n")
+  assert "**A pipeline check, not a reproduction.**" in text
+  assert "first 640 training images" in text and "first 500 test images" in text
+  table = [line for line in text.splitlines() if line.startswith("| batchnorm=False")
+           or line.startswith("|  |")]
+  assert table and all(f"| {reproduction.NO_VERDICT}" in line for line in table), table
+  assert "| pipeline check (--quick): no verdict; diverged in 1 of 3 seeds |" in text
+  for claim in ("reproduced", "differs;", "differs as expected", "**Verdict.**",
+                "whole test (10,000)", "inside"):
+    assert claim not in text, claim
 
 
 def test_command_line_errors_are_one_line(tmp_path):

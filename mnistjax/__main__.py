@@ -1,0 +1,5 @@
+"""`python -m mnistjax run|list|reproduce ...`: the console script `mnistjax`."""
+
+from mnistjax import programs
+
+programs.main()
