@@ -497,9 +497,8 @@ class Trainer:
 
   def _scanned_epoch(self, epoch: int) -> Iterator[tuple[int, Interval | None]]:
     cfg, steps = self.run.config, self.run.steps_per_epoch
-    place = self.run.dp.put_replicated if self.run.dp else lambda tree: tree
     args = (self._members, self._resident, jnp.asarray(epoch, jnp.int32),
-            place(jnp.stack(self._shuffle_keys)), self._keys)
+            self._place(jnp.stack(self._shuffle_keys)), self._keys)
     if not self._compiled:  # compiled ahead of the first epoch, timed on its own
       start = time.perf_counter()
       self._step = self._step.lower(*args).compile()
