@@ -24,7 +24,7 @@ def bernoulli_mask(key, keep, shape):
 
 
 def step_ms(model, tx, batch, steps=40) -> float:
-  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, norm=(0.1307, 0.3081)),
+  step = jax.jit(functools.partial(step_lib.train_step, model=step_lib.Model(model, (0.1307, 0.3081)), tx=tx),
                  donate_argnums=0)
   state = step_lib.create_state(model, tx, jax.random.key(0))
   state, _ = step(state, batch, jax.random.key(1))

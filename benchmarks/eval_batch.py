@@ -44,7 +44,7 @@ def main(_):
 
   runs = {}
   for b in sizes:
-    evaluate = jax.jit(functools.partial(step.eval_step, model=model, norm=(0.1307, 0.3081)))
+    evaluate = jax.jit(functools.partial(step.eval_step, model=step.Model(model, (0.1307, 0.3081))))
     evaluate(state, next(data.eval_batches(split, b)))["correct"].block_until_ready()
 
     def run(b=b, evaluate=evaluate) -> float:

@@ -124,7 +124,7 @@ def step_flops(model, tx, norm, state, batch, key) -> float:
   from mnistjax import layers, step  # pylint: disable=g-import-not-at-top
   saved, layers.PATCH_WHOLE_BYTES = layers.PATCH_WHOLE_BYTES, 1 << 62
   try:
-    train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm))
+    train_step = jax.jit(functools.partial(step.train_step, model=step.Model(model, norm), tx=tx))
     return float((train_step.lower(state, batch, key).cost_analysis() or {}).get("flops", 0.0))
   finally:
     layers.PATCH_WHOLE_BYTES = saved
@@ -167,7 +167,7 @@ def worker_jax(model_name: str, steps: int, epoch: bool) -> dict:
     trainer = driver.Trainer(run, members, keys, 0)
     for _ in trainer.epoch(1):
       pass
-    eval_step = jax.jit(functools.partial(step.eval_step, model=run.model, norm=run.norm))
+    eval_step = jax.jit(functools.partial(step.eval_step, model=run.net))
     state = step.unstack(trainer.members.state, 0)
     size = config.eval_batch(jax.default_backend())
     train = driver.evaluate_split(eval_step, state, dataset.train, size)

@@ -63,7 +63,7 @@ def main(_):
                "mask": np.ones(b, bool)}] for i in range(0, n, b)]
   run1 = driver.setup(cfg, dataset)
   tx = step.make_optimizer(cfg, run1.steps_per_epoch)
-  single = jax.jit(functools.partial(step.train_step, model=run1.model, tx=tx, norm=run1.norm),
+  single = jax.jit(functools.partial(step.train_step, model=run1.net, tx=tx),
                    donate_argnums=0)
   box = {"state": step.create_state(run1.model, tx, jax.random.key(0))}
 
@@ -77,7 +77,7 @@ def main(_):
     trainer = driver.Trainer(run, members, keys, 0)
     timers[("one by one", k)] = _timer(trainer.take_step,
                                        [unit for unit, _ in trainer.units(1)], trainer.window)
-    one = functools.partial(driver._member_step, model=run.model, tx=tx, norm=run.norm)  # pylint: disable=protected-access
+    one = functools.partial(driver._member_step, model=run.net, tx=tx)  # pylint: disable=protected-access
     together = jax.jit(driver._vmapped(one, per_member=False), donate_argnums=0)  # pylint: disable=protected-access
     box[k] = step.init_members(run.model, run.group, run.steps_per_epoch)
 

@@ -97,6 +97,17 @@ class DamagedCheckpoint(WorkdirError):
   """A checkpoint whose contents are not those saved."""
 
 
+class OtherStructure(WorkdirError):
+  """An intact checkpoint of another state's structure: another model or optimiser."""
+
+
+def structure(state_dict: Any) -> str:
+  """sha256 of a state's tree: each array's path, dtype and shape (not its values)."""
+  return hashlib.sha256("".join(
+      f"{jax.tree_util.keystr(path)}:{np.dtype(leaf.dtype)}:{tuple(np.shape(leaf))};"
+      for path, leaf in jax.tree_util.tree_leaves_with_path(state_dict)).encode()).hexdigest()
+
+
 def _reason(e: BaseException) -> str:
   """Why a checkpoint could not be restored, as a short phrase (orbax's messages run to many
   lines)."""
@@ -145,6 +156,7 @@ class Checkpoints:
                          f"({needed / 1e6:.1f} MB, {free / 1e6:.1f} MB free); free space on "
                          "that disk")
     state_dict = flax.serialization.to_state_dict(state)
+    record = {**record, "structure": structure(state_dict)}
     digest = checksum(state_dict, record)
     if digest is not None:  # in the record: saved with the arrays, in the same atomic rename
       record = {**record, "checksum": digest}
@@ -158,9 +170,19 @@ class Checkpoints:
     record. Raises DamagedCheckpoint where its contents are not those saved (a checkpoint
     written before checksums were kept is trusted), ValueError/KeyError/TypeError where it
     can't be read into target's structure."""
+    target_dict = flax.serialization.to_state_dict(target)
+    try:  # the record alone first: a state of another structure is not a damaged one
+      saved = self.manager.restore(epoch, args=ocp.args.Composite(
+          record=ocp.args.JsonRestore()))["record"]
+    except Exception:  # pylint: disable=broad-except  # read again below, and named there
+      saved = None
+    if isinstance(saved, dict) and saved.get("structure") not in (None, structure(target_dict)):
+      raise OtherStructure(
+          f"{self.directory}: its checkpoints hold the state of another model or optimiser "
+          "(other parameters or optimiser state than this run's); give the model and "
+          "optimizer the run was trained with, or start it again with --overwrite")
     restored = self.manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(flax.serialization.to_state_dict(target)),
-        record=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(target_dict), record=ocp.args.JsonRestore()))
     record = restored["record"]
     if not isinstance(record, dict):
       raise DamagedCheckpoint(f"the checkpoint of epoch {epoch} has no record")
@@ -189,6 +211,8 @@ class Checkpoints:
     for epoch in found:
       try:
         state, record = self.restore(epoch, target)
+      except OtherStructure:
+        raise
       except Exception as e:  # pylint: disable=broad-except  # orbax's, tensorstore's, ours
         failures.append((epoch, e))
         if log is None:  # read only: nothing is set aside, so the latest must do

@@ -33,7 +33,8 @@ def _field(default, help_text: str, section: str):
 class Config:
   """Defaults are study S0's protocol (LeNet, SGD lr 0.01 momentum 0.5, batch 64, 5 epochs)."""
   # Model. None keeps the model's own default.
-  model: str = _field("lenet", "network: " + ", ".join(models.MODELS), _MODEL)
+  model: str = _field("lenet", "network: " + ", ".join(models.MODELS) + ", or a flax module "
+                      "of yours: package.module:Name", _MODEL)
   activation: str | None = _field(None, "hidden activation: " + ", ".join(layers.ACTIVATIONS),
                                   _MODEL)
   dropout: float | None = _field(None, "drop probability after hidden layers (0 = off)", _MODEL)
@@ -54,7 +55,9 @@ class Config:
   verify_data: bool = _field(True, "check the files' contents against the published dataset's "
                              "(false: train on your own IDX files)", _DATA)
   # Optimisation.
-  optimizer: str = _field("sgd", "optimiser: " + ", ".join(step.OPTIMIZERS), _OPT)
+  optimizer: str = _field("sgd", "optimiser: " + ", ".join(step.OPTIMIZERS) + ", or a function "
+                          "of yours (package.module:function) of learning_rate returning an "
+                          "optax transformation", _OPT)
   lr: float = _field(0.01, "learning rate", _OPT)
   momentum: float = _field(0.5, "SGD momentum (PyTorch semantics)", _OPT)
   nesterov: bool = _field(False, "Nesterov momentum", _OPT)
@@ -113,11 +116,15 @@ class Config:
       if not ok(value) or (isinstance(value, float) and not math.isfinite(value)):
         raise ConfigError(f"--{name}={value}: must be {requirement}")
 
-    choose("model", self.model, models.MODELS)
-    choose("dataset", self.dataset, data.DATASETS)
+    if not models.is_path(self.model):  # an import path is imported where the run builds it
+      choose("model", self.model, models.MODELS)
+    # A dataset given as arrays keeps its own name (train checks a name it must load).
+    if not self.dataset.isidentifier():
+      choose("dataset", self.dataset, data.DATASETS)
     choose("data_source", self.data_source, data.DATA_SOURCES)
     choose("normalization", self.normalization, data.NORMALIZATION_CHOICES)
-    choose("optimizer", self.optimizer, step.OPTIMIZERS)
+    if not models.is_path(self.optimizer):
+      choose("optimizer", self.optimizer, step.OPTIMIZERS)
     choose("schedule", self.schedule, step.SCHEDULES)
     choose("epoch_loop", self.epoch_loop, ("auto", "python", "scan"))
     if self.activation is not None:
@@ -144,6 +151,8 @@ class Config:
     for name in ("dropout", "input_dropout"):
       if getattr(self, name) is not None:
         check(name, lambda v: 0 <= v <= 1, "a drop probability in [0, 1]")
+    if models.is_path(self.model):
+      return self
     model = models.build(self.model, **self.model_settings())  # a setting the model lacks
     if self.prelu_init is not None and model.activation != "prelu":
       raise ConfigError(f"--prelu_init={self.prelu_init}: the slope of a PReLU; it needs "

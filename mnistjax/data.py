@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,7 +129,8 @@ _IDX_UBYTE = 0x08
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split: uint8 images (N x 28 x 28) and uint8 labels (N,)."""
+  """One split: images (N x H x W, or N x H x W x C; uint8, or floats in the dataset's
+  value_range) and integer labels (N,)."""
   images: np.ndarray
   labels: np.ndarray
 
@@ -142,14 +144,122 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+  """A dataset's two splits; `from_arrays` makes one of your own arrays."""
   name: str
   train: Split
   test: Split
   source: str  # where the files were read from, for the run's log
+  classes: tuple[str, ...] | None = None  # None: the dataset's own names, else "0", "1", ...
+  value_range: tuple[float, float] = (0.0, 255.0)  # the pixels' (black, white)
 
   @property
   def class_names(self) -> tuple[str, ...]:
-    return DATASETS[self.name].class_names
+    if self.classes is not None:
+      return tuple(self.classes)
+    if self.name in DATASETS:
+      return DATASETS[self.name].class_names
+    return tuple(str(i) for i in range(self.num_classes))
+
+  @property
+  def num_classes(self) -> int:
+    if self.classes is not None:
+      return len(self.classes)
+    if self.name in DATASETS:
+      return NUM_CLASSES
+    return int(max(self.train.labels.max(initial=0), self.test.labels.max(initial=0))) + 1
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    """One image as the model sees it: H x W x C (a channel axis of 1 for H x W images)."""
+    shape = self.train.images.shape[1:]
+    return (*shape, 1) if len(shape) == 2 else tuple(shape)
+
+
+def from_arrays(train_images, train_labels, test_images, test_labels, *,
+                class_names=None, value_range: tuple[float, float] | None = None,
+                name: str = "arrays") -> Dataset:
+  """A Dataset of your own arrays, checked: images N x H x W or N x H x W x C (any size and
+  channels), uint8 (0..255) or floats, whose value_range (black, white) is detected where not
+  given ([0, 1] or [0, 255]); integer labels 0..K-1, K = len(class_names) where given, else
+  the largest label + 1. Raises DataError (one line naming the fix)."""
+  splits = []
+  for split, images, labels in (("train", train_images, train_labels),
+                                ("test", test_images, test_labels)):
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim not in (3, 4) or not (np.issubdtype(images.dtype, np.integer)
+                                         or np.issubdtype(images.dtype, np.floating)):
+      raise DataError(f"{split} images: expected numbers of shape N x H x W or N x H x W x C, "
+                      f"got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise DataError(f"{split} labels: expected integer class indices of shape (N,), got "
+                      f"{labels.dtype} {labels.shape}; convert one-hot labels with "
+                      "labels.argmax(-1)")
+    if len(images) != len(labels):
+      raise DataError(f"{split}: {len(images)} images but {len(labels)} labels; give one "
+                      "label per image")
+    if len(labels) == 0:
+      raise DataError(f"{split}: no examples")
+    if np.issubdtype(images.dtype, np.integer):
+      if images.min() < 0 or images.max() > 255:
+        raise DataError(f"{split} images: integer pixels in [{images.min()}, {images.max()}]; "
+                        "give uint8 pixels 0..255, or floats with value_range=(low, high)")
+      images = images.astype(np.uint8, copy=False)
+    elif not np.all(np.isfinite(images)):
+      raise DataError(f"{split} images: NaN or infinite pixels at example "
+                      f"{int(np.argmin(np.isfinite(images).reshape(len(images), -1).all(1)))}")
+    splits.append(Split(images, labels))
+  train, test = splits
+  if train.images.shape[1:] != test.images.shape[1:]:
+    raise DataError(f"train images are {train.images.shape[1:]} but test images "
+                    f"{test.images.shape[1:]}; give both splits the same image shape")
+  if train.images.dtype != test.images.dtype:
+    raise DataError(f"train images are {train.images.dtype} but test images "
+                    f"{test.images.dtype}; give both splits the same dtype")
+  value_range = _value_range(train, test, value_range)
+  classes = None if class_names is None else tuple(str(c) for c in class_names)
+  for split, s in (("train", train), ("test", test)):
+    check_labels(s.labels, len(classes) if classes else None, f"{split} labels")
+  return Dataset(name, train, test, "arrays", classes, value_range)
+
+
+def _value_range(train: Split, test: Split, given) -> tuple[float, float]:
+  """The pixels' (black, white): uint8 is (0, 255); floats: given, or [0, 1] / [0, 255] as
+  their values show."""
+  if train.images.dtype == np.uint8:
+    if given is not None and tuple(given) != (0, 255):
+      raise DataError(f"value_range={given}: uint8 pixels are 0..255; convert the images to "
+                      "floats to give another range")
+    return (0.0, 255.0)
+  low = float(min(train.images.min(), test.images.min()))
+  high = float(max(train.images.max(), test.images.max()))
+  if given is not None:
+    given = tuple(float(v) for v in given)
+    if len(given) != 2 or not given[0] < given[1]:
+      raise DataError(f"value_range={given}: give (black, white) with black < white")
+    if low < given[0] or high > given[1]:
+      raise DataError(f"float pixels in [{low:g}, {high:g}] fall outside value_range="
+                      f"{given}; give the range the pixels are in")
+    return given
+  if low >= 0 and high <= 1:
+    return (0.0, 1.0)
+  if low >= 0 and 127 < high <= 255:  # 8-bit pixel values held as floats
+    return (0.0, 255.0)
+  raise DataError(f"float pixels in [{low:g}, {high:g}]: not [0, 1] or [0, 255]; give "
+                  "value_range=(black, white) (already standardised images: value_range="
+                  f"({low:g}, {high:g}) and normalization='estimate')")
+
+
+def check_labels(labels: np.ndarray, num_classes: int | None, where: str) -> None:
+  """Labels are class indices 0..num_classes-1 (num_classes None: any index >= 0)."""
+  if len(labels) == 0:
+    return
+  bad = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
+  if bad.any():
+    i = int(np.argmax(bad))
+    allowed = "0..K-1" if num_classes is None else f"0..{num_classes - 1}"
+    raise DataError(f"{where}: label {labels[i]} at index {i} is out of range {allowed}"
+                    + ("" if num_classes is None else
+                       f" ({num_classes} classes); fix the label or give every class a name"))
 
 
 # ----------------------------------------------------------------------------
@@ -218,7 +328,7 @@ def read_split(images_path, labels_path, expected_count: int | None = None,
 
   images = read_idx(images_path, fix, expected(images_path))
   labels = read_idx(labels_path, fix, expected(labels_path))
-  if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+  if images.ndim != 3 or (payloads is not None and images.shape[1:] != IMAGE_SHAPE):
     raise DataError(f"{images_path}: expected images of shape N x 28 x 28, got {images.shape}; "
                     "is this an image file?")
   if labels.ndim != 1:
@@ -229,10 +339,9 @@ def read_split(images_path, labels_path, expected_count: int | None = None,
                     f"{len(labels)} labels; the two files belong to different splits or datasets")
   if expected_count is not None and len(labels) != expected_count:
     raise DataError(f"{labels_path}: {len(labels)} examples, expected {expected_count}; "
-                    "replace the files with the complete originals")
-  if len(labels) and labels.max() >= NUM_CLASSES:
-    raise DataError(f"{labels_path}: label {labels.max()} is out of range 0..{NUM_CLASSES - 1}; "
-                    "replace it with the original file")
+                    "replace the files with the complete originals, or pass "
+                    "--verify_data=false to train on your own files")
+  check_labels(labels, NUM_CLASSES, str(labels_path))
   return Split(images, labels)
 
 
@@ -264,9 +373,9 @@ def _find(folder: pathlib.Path, base: str) -> pathlib.Path | None:
 def _read_folder(folder: pathlib.Path, name: str, fix: str, verify: bool) -> tuple[Split, Split]:
   splits = []
   payloads = DATASETS[name].payloads if verify else None
-  for images, labels, count in SPLITS.values():
-    splits.append(read_split(_find(folder, images), _find(folder, labels), count, fix,
-                             payloads))
+  for images, labels, count in SPLITS.values():  # your own files (verify off): any count
+    splits.append(read_split(_find(folder, images), _find(folder, labels),
+                             count if verify else None, fix, payloads))
   return splits[0], splits[1]
 
 
@@ -405,33 +514,53 @@ def _load_tfds(name: str, data_dir) -> Dataset:
 # Normalisation and batches
 
 
-def normalization(spec: str, dataset: Dataset | None = None) -> tuple[float, float]:
-  """(mean, std) for a normalisation name: a preset, "auto" (the dataset's) or "estimate"."""
+class Normalization(NamedTuple):
+  """x -> ((x - low) / (high - low) - mean) / std: pixels from their value range (black, white)
+  to [0, 1], then standardised; (mean, std) of pixels in [0, 1], as torchvision's Normalize."""
+  mean: float
+  std: float
+  low: float = 0.0
+  high: float = 255.0
+
+
+def normalization(spec: str, dataset: Dataset | None = None) -> Normalization:
+  """The normalisation of a name: a preset, "auto" (the dataset's preset; a dataset without
+  one, e.g. from_arrays: "estimate") or "estimate" (from its training set)."""
+  low, high = dataset.value_range if dataset is not None else (0.0, 255.0)
   if spec == "auto":
     spec = dataset.name if dataset is not None else "mnist"
+    if spec not in NORMALIZATIONS:
+      spec = "estimate"
   if spec == "estimate":
     if dataset is None:
       raise ConfigError("normalization 'estimate' needs the dataset's training set")
-    return estimate_normalization(dataset.train.images)
+    return Normalization(*estimate_normalization(dataset.train.images, (low, high)), low, high)
   if spec not in NORMALIZATIONS:
     raise ConfigError(f"unknown normalization {spec!r}; choose one of: "
                       f"{', '.join(NORMALIZATION_CHOICES)}")
-  return NORMALIZATIONS[spec]
+  return Normalization(*NORMALIZATIONS[spec], low, high)
 
 
-def estimate_normalization(images: np.ndarray) -> tuple[float, float]:
+def estimate_normalization(images: np.ndarray, value_range: tuple[float, float] = (0.0, 255.0)
+                           ) -> tuple[float, float]:
   """Mean and std of the pixels scaled to [0, 1], in float64 for exactness."""
+  low, high = value_range
   pixels = images.reshape(-1)
-  mean = pixels.mean(dtype=np.float64) / 255.0
-  var = np.square(pixels, dtype=np.float64).mean() / 255.0**2 - mean**2
-  return float(mean), float(np.sqrt(var))
+  mean = (pixels.mean(dtype=np.float64) - low) / (high - low)
+  var = np.square(pixels, dtype=np.float64).mean() / (high - low)**2 - (
+      pixels.mean(dtype=np.float64) / (high - low))**2
+  return float(mean), float(np.sqrt(max(var, 0.0)) or 1.0)
 
 
-def normalize(images_BxHxW: jax.Array, mean: float, std: float) -> jax.Array:
-  """uint8 images -> (x/255 - mean)/std with a channel axis (B x H x W x 1), in JAX's default
-  float (float32; float64 under x64, where the equivalence tests run)."""
-  scale, shift = 1.0 / (255.0 * std), -mean / std
-  return (images_BxHxW.astype(jnp.result_type(float)) * scale + shift)[..., None]
+def normalize(images: jax.Array, mean: float, std: float, low: float = 0.0,
+              high: float = 255.0) -> jax.Array:
+  """A batch of images (B x H x W, or B x H x W x C) -> ((x - low) / (high - low) - mean) / std
+  as B x H x W x C, in JAX's default float (float32; float64 under x64, where the
+  equivalence tests run)."""
+  scale = 1.0 / ((high - low) * std)
+  shift = -mean / std - low * scale
+  x = images.astype(jnp.result_type(float)) * scale + shift
+  return x[..., None] if images.ndim == 3 else x
 
 
 def epoch_permutation(shuffle_key: jax.Array, epoch: int, n: int) -> np.ndarray:
@@ -440,20 +569,20 @@ def epoch_permutation(shuffle_key: jax.Array, epoch: int, n: int) -> np.ndarray:
 
 
 def train_batches(split: Split, batch_size: int, shuffle_key: jax.Array, epoch: int,
-                  drop_remainder: bool = False, masked: bool = False
+                  drop_remainder: bool = False, masked: bool = False, pad: bool = True
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Shuffled batches of one epoch; the last, smaller batch is kept unless drop_remainder.
 
-  masked: every batch carries a "mask" of its real examples and the last one is padded to
-  the full size, so that one compiled step serves the whole epoch (the padding has no
-  weight in the step: see train.train_step).
+  masked: every batch carries a "mask" of its real examples and (with pad) the last one is
+  padded to the full size, so that one compiled step serves the whole epoch (the padding has
+  no weight in the step: see step.train_step).
   """
   order = epoch_permutation(shuffle_key, epoch, len(split))
   stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
   for start in range(0, stop, batch_size):
     idx = order[start:start + batch_size]
     batch = {"image": split.images[idx], "label": split.labels[idx].astype(np.int32)}
-    yield pad_batch(batch, batch_size) if masked else batch
+    yield pad_batch(batch, batch_size if pad else len(idx)) if masked else batch
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

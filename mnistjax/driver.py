@@ -27,9 +27,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +47,7 @@ from mnistjax.workdir import CHECKPOINTS, Workdir
 
 def train(config: Config, sweep: dict[str, tuple] | None = None,
           workdir: str | os.PathLike | None = None, dataset: data.Dataset | None = None, *,
+          model=None, optimizer=None, loss=None, metrics=None, writers=(),
           resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = print) -> Result:
   """Trains per config, evaluating before training and after every epoch.
@@ -59,7 +61,19 @@ def train(config: Config, sweep: dict[str, tuple] | None = None,
       config's one member.
     workdir: where every result is written (None: nowhere, and no checkpoints). A folder
       that holds an earlier run needs resume or overwrite.
-    dataset: data to use instead of loading config.dataset (tests, notebooks).
+    dataset: data to use instead of loading config.dataset: a data.Dataset, e.g. your own
+      arrays through mnistjax.data.from_arrays.
+    model: a flax.linen.Module to train instead of config.model: `__call__(x, train)` from
+      B x H x W x C images to B x classes logits (docs/models.md, "Your own model").
+    optimizer: instead of config.optimizer, an optax.GradientTransformation, or a function
+      of `learning_rate` (and `momentum`, `weight_decay` where it takes them, for sweeps)
+      that returns one.
+    loss: the training loss, a function (logits B x K, labels B) -> B losses (default:
+      softmax cross-entropy); reported per epoch as "objective" beside the cross-entropy.
+    metrics: more evaluation metrics, {name: function (logits, labels) -> B values}, each
+      reported per epoch as test_<name> (and train_<name>), the mean over the split.
+    writers: functions called with (stream, record) for every record the run writes to its
+      JSONL files ("metrics", "train_log"), e.g. mnistjax.TensorBoardWriter(logdir).
     resume: continue from the workdir's last checkpoint; the settings that may change are
       config.RESUME_MAY_CHANGE.
     overwrite: replace the workdir's earlier run (its files are kept aside until this run
@@ -77,8 +91,17 @@ def train(config: Config, sweep: dict[str, tuple] | None = None,
   """
   wall_start = time.perf_counter()
   _check_arguments(config, workdir, dataset, resume, overwrite)
-  config.validate()
+  parts = Parts.check(model, optimizer, loss, metrics, writers)
+  config = parts.label(config).validate()
+  if dataset is not None and dataset.name not in data.DATASETS:  # your own data, by its name
+    config = config.replace(dataset=dataset.name)
+  elif config.dataset not in data.DATASETS:  # (the folder is not made for a bad name)
+    raise ConfigError(f"--dataset={config.dataset}: choose one of: {', '.join(data.DATASETS)} "
+                      "(your own arrays: train(..., dataset=mnistjax.data.from_arrays(...)))")
   sweep = config_lib.check_sweep(sweep) or None
+  for flag, name in (("--model", config.model), ("--optimizer", config.optimizer)):
+    if models.is_path(name) and parts == Parts():  # imported now: before the folder is made
+      models.load_object(name, flag)
   if resume and overwrite:
     raise ConfigError("--resume continues the workdir's run and --overwrite replaces it: "
                       "give one of them")
@@ -93,7 +116,7 @@ def train(config: Config, sweep: dict[str, tuple] | None = None,
     # From here a Ctrl-C is a request the loop honours between two steps (never inside a
     # checkpoint's save), keeping the last finished epoch's checkpoint; a second one stops at once.
     with _StopRequest() as stop:
-      run = setup(config, dataset, sweep, parallel.make(config.devices))  # devices before data
+      run = setup(config, dataset, sweep, parallel.make(config.devices), parts)  # devices 1st
       return _train(run, out, log, stop, wall_start)
   except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (errors.Signal)
     signum = getattr(e, "signum", signal.SIGINT)
@@ -131,8 +154,9 @@ def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: f
            ) -> Result:
   # -- Set up: the members (each its own optimiser state), their step, the evaluation.
   config = run.config
-  members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
-  report = _Report(run.group, out, log)
+  members, keys = step.init_members(run.model, run.group, run.steps_per_epoch, run.optimizer,
+                                    run.dataset.image_shape)
+  report = _Report(run.group, out, log, run.parts.writers)
   start = _Start()
   if out and out.mode == "resume":
     members, start = _restore(run, out, members, report)
@@ -143,8 +167,7 @@ def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: f
   if start.resumed_line:
     report.log(start.resumed_line)
   trainer = Trainer(run, members, keys, start.examples_seen)
-  eval_step = parallel.jit_step(functools.partial(step.eval_step, model=run.model,
-                                                  norm=run.norm), run.dp)
+  eval_step = parallel.jit_step(functools.partial(step.eval_step, model=run.net), run.dp)
 
   def evaluate(trainer, epoch, predictions):  # the module's, looked up now: tests replace it
     return _evaluate(run, eval_step, trainer, epoch, predictions)
@@ -178,6 +201,7 @@ def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: f
   except (NonFiniteLoss, WorkdirError) as e:  # say what is kept, and how to go on
     raise type(e)(f"{e}; {_stopped('stopped', out)}") from None
   finally:
+    report.flush()
     if ckpt:
       ckpt.close()
   if not records:  # resumed at the last epoch: nothing left to train
@@ -206,15 +230,129 @@ def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: f
 # ----------------------------------------------------------------------------- set up
 
 @dataclasses.dataclass(frozen=True)
+class Parts:
+  """A researcher's own parts of a run (train's model, optimizer, loss, metrics and writers),
+  each checked for its kind; None: the config's."""
+  model: Any = None  # a flax.linen.Module
+  optimizer: Any = None  # an optax.GradientTransformation, or a function returning one
+  loss: Callable | None = None
+  metrics: tuple[tuple[str, Callable], ...] = ()
+  writers: tuple[Callable, ...] = ()
+
+  @classmethod
+  def check(cls, model, optimizer, loss, metrics, writers) -> Parts:
+    if model is not None and not isinstance(model, nn.Module):
+      raise ConfigError(f"train(model={model!r}): give a flax.linen.Module instance "
+                        "(model=MyNet()), or None for config.model")
+    if optimizer is not None and not (step.is_transformation(optimizer) or callable(optimizer)):
+      raise ConfigError(f"train(optimizer={optimizer!r}): give an optax.GradientTransformation "
+                        "or a function of learning_rate returning one")
+    if loss is not None and not callable(loss):
+      raise ConfigError(f"train(loss={loss!r}): give a function (logits, labels) -> one loss "
+                        "per example")
+    if metrics is None:
+      metrics = {}
+    if callable(metrics) or not hasattr(metrics, "__iter__") or isinstance(metrics, str):
+      raise ConfigError(f"train(metrics={metrics!r}): give a dict of name -> function "
+                        "(logits, labels) -> one value per example")
+    named = (tuple(metrics.items()) if isinstance(metrics, Mapping)
+             else tuple((getattr(f, "__name__", ""), f) for f in metrics))
+    taken = {"loss", "accuracy", "objective"}
+    for name, fn in named:
+      if not (isinstance(name, str) and name.isidentifier()) or name in taken or not callable(fn):
+        raise ConfigError(f"train(metrics=...): {name!r}: {fn!r}: each metric needs a name "
+                          "that is an identifier other than loss, accuracy or objective, and a "
+                          "function (logits, labels) -> one value per example")
+      taken.add(name)
+    if callable(writers) or isinstance(writers, str) or not hasattr(writers, "__iter__"):
+      writers = (writers,)  # one writer
+    writers = tuple(writers)
+    for writer in writers:
+      if not callable(writer):
+        raise ConfigError(f"train(writers=...): {writer!r} is not callable; a writer is "
+                          "called with (stream, record)")
+    if loss is not None:
+      named = (("objective", loss), *named)
+    return cls(model, optimizer, loss, named, writers)
+
+  def label(self, config: Config) -> Config:
+    """config with its model and optimizer named after the objects given (so that config.json,
+    the lines and the figures say what trained); refuses settings the objects make moot."""
+    default = Config()
+    if self.model is not None:
+      name = _qualified(type(self.model))
+      if config.model not in (default.model, name):
+        raise ConfigError(f"config.model={config.model!r} and train(model=...): give the "
+                          "model once")
+      given = [k for k, v in config.model_settings().items() if v is not None]
+      if given:
+        raise ConfigError(f"{', '.join(given)}: settings of the built-in models; set them on "
+                          f"your module instead ({type(self.model).__name__}(...))")
+      config = config.replace(model=name)
+    if self.optimizer is not None:
+      name = _qualified(self.optimizer)
+      if config.optimizer not in (default.optimizer, name):
+        raise ConfigError(f"config.optimizer={config.optimizer!r} and train(optimizer=...): "
+                          "give the optimizer once")
+      taken = (() if step.is_transformation(self.optimizer)
+               else step.parameters(self.optimizer))
+      for field in step.OPTIMIZER_SETTINGS:
+        if getattr(config, field) != getattr(default, field) and not (
+            field in ("momentum", "weight_decay") and field in taken):
+          raise ConfigError(f"config.{field}={getattr(config, field)!r}: not a parameter of "
+                            f"your optimizer {name}; set it there")
+      config = config.replace(optimizer=name)
+    return config
+
+  def sweepable(self, axes: dict[str, tuple]) -> None:
+    """A sweep of an optimiser setting needs an optimiser function that takes it by name."""
+    if self.optimizer is None:
+      return
+    taken = (set() if step.is_transformation(self.optimizer)
+             else set(step.parameters(self.optimizer)))
+    for key in axes:
+      names = {"lr": {"learning_rate", "lr"}}.get(key, {key})
+      if key in ("lr", "momentum", "weight_decay") and not taken & names:
+        raise ConfigError(
+            f"sweep of {key}: the optimizer you gave does not take it; give a function of it, "
+            f"e.g. lambda learning_rate, {key}: optax.sgd(learning_rate, ...)" if key != "lr"
+            else "sweep of lr: an optimizer given as a transformation has its learning rate "
+            "fixed; give a function of it: lambda learning_rate: optax.adam(learning_rate)")
+
+
+def _qualified(obj) -> str:
+  """"module:Name" of a class or function (a label; importable where it is not __main__)."""
+  if not hasattr(obj, "__qualname__"):  # an object such as an optax transformation
+    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+  return f"{obj.__module__}:{obj.__qualname__}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
   """A run's constants: what every part of the program reads and none changes."""
   config: Config
   model: Any  # a flax.linen.Module
-  norm: tuple[float, float]
+  norm: data.Normalization
   dataset: data.Dataset
   group: list[Member]  # K >= 1 members, each with its own config
   axes: dict[str, tuple]  # the swept settings and their values ({} for a plain run)
   dp: parallel.DataParallel | None = None
+  parts: Parts = Parts()
+  optimizer: step.Own | None = None  # None: config.optimizer
+
+  @property
+  def net(self) -> step.Model:
+    """The model as the steps use it."""
+    return step.Model(self.model, self.norm, models.takes_mask(self.model), self.parts.loss,
+                      self.parts.metrics)
+
+  def member_nets(self) -> list[step.Model] | None:
+    """Per member, its own model where each has its own static dropout rate (a swept
+    nn.Dropout: one compiled program per rate); None where one program serves every member."""
+    if "dropout" not in self.axes or models.traced_dropout(self.model):
+      return None
+    return [dataclasses.replace(self.net, module=self.model.clone(dropout=m.config.dropout))
+            for m in self.group]
 
   @property
   def steps_per_epoch(self) -> int:
@@ -234,7 +372,8 @@ class Run:
 
 
 def setup(config: Config, dataset: data.Dataset | None = None,
-          axes: dict[str, tuple] | None = None, dp: parallel.DataParallel | None = None) -> Run:
+          axes: dict[str, tuple] | None = None, dp: parallel.DataParallel | None = None,
+          parts: Parts = Parts()) -> Run:
   """A run's constants: the data (loaded unless given), the model, the normalisation and the
   members of a validated config."""
   config.validate()
@@ -242,17 +381,31 @@ def setup(config: Config, dataset: data.Dataset | None = None,
     dataset = data.load(config.dataset, config.data_dir, config.data_source,
                         verify=config.verify_data)
   if config.train_limit or config.test_limit:
-    dataset = data.Dataset(
-        dataset.name, dataset.train.take(config.train_limit or len(dataset.train)),
-        dataset.test.take(config.test_limit or len(dataset.test)), dataset.source)
+    dataset = dataclasses.replace(
+        dataset, train=dataset.train.take(config.train_limit or len(dataset.train)),
+        test=dataset.test.take(config.test_limit or len(dataset.test)))
   if config.batch_size > len(dataset.train):
     raise ConfigError(f"--batch_size={config.batch_size} is larger than the training set "
                       f"({len(dataset.train)} examples); use --batch_size={len(dataset.train)} "
                       "or fewer")
-  model = models.build(config.model, **config.model_settings())
+  model = parts.model or models.build(config.model, dataset.num_classes,
+                                      **config.model_settings())
+  models.check(model, dataset.image_shape, dataset.num_classes)
+  for name in ("train", "test"):  # labels a model with these classes can learn
+    data.check_labels(getattr(dataset, name).labels, dataset.num_classes, f"{name} labels")
+  if "dropout" in (axes or {}) and not models.traced_dropout(model) and not any(
+      f.name == "dropout" for f in dataclasses.fields(model)):
+    raise ConfigError(f"sweep of dropout: {type(model).__name__} has no field `dropout`; give "
+                      "it one (dropout: float = 0.0, used as nn.Dropout(self.dropout))")
+  parts.sweepable(axes or {})
+  optimizer = parts.optimizer
+  if optimizer is None and models.is_path(config.optimizer):  # --optimizer=module:function
+    optimizer = models.load_object(config.optimizer, "--optimizer")
+  if optimizer is not None:
+    optimizer = step.own_optimizer(optimizer, config, tuple(axes or ()))
   norm = data.normalization(config.normalization, dataset)
   return Run(config, model, norm, dataset, config_lib.members(config, axes), dict(axes or {}),
-             dp)
+             dp, parts, optimizer)
 
 
 @dataclasses.dataclass
@@ -299,29 +452,51 @@ def _restore(run: Run, out: Workdir, fresh: step.Members, report: _Report
 
 def _write_config(out: Workdir, run: Run, num_params: int) -> None:
   """config.json: every setting, the model's resolved fields, and facts about the run."""
-  model_fields = {f.name: getattr(run.model, f.name) for f in dataclasses.fields(run.model)
-                  if f.name not in ("parent", "name")}
   if not out.primary:
     return
+  model_fields = {f.name: _json_value(getattr(run.model, f.name))
+                  for f in dataclasses.fields(run.model) if f.name not in ("parent", "name")}
+  ds = run.dataset
   files.write_json(out.path / "config.json", {
-      "config": run.config.to_dict(), "model": model_fields, "normalization": run.norm,
-      "dataset_source": run.dataset.source, "num_params": num_params,
-      "train_examples": len(run.dataset.train), "test_examples": len(run.dataset.test),
+      "config": run.config.to_dict(), "model": model_fields, "normalization": list(run.norm),
+      "dataset_source": ds.source, "num_params": num_params,
+      "train_examples": len(ds.train), "test_examples": len(ds.test),
+      "image_shape": list(ds.image_shape), "class_names": list(ds.class_names),
+      "parts": {"loss": _name_of(run.parts.loss),
+                "metrics": [name for name, _ in run.parts.metrics if name != "objective"]},
       "sweep": {k: list(v) for k, v in run.axes.items()},
       "sweep_order": list(run.axes),  # JSON sorts keys; the order names the members
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "argv": sys.argv})
 
 
+def _json_value(value):
+  """A model field as config.json can hold it (a module's own objects by their repr)."""
+  if value is None or isinstance(value, (bool, int, str)):
+    return value
+  if isinstance(value, float):
+    return value if np.isfinite(value) else str(value)
+  if isinstance(value, (tuple, list)):
+    return [_json_value(v) for v in value]
+  return repr(value)
+
+
+def _name_of(fn) -> str | None:
+  return None if fn is None else getattr(fn, "__qualname__", repr(fn))
+
+
 def _first_line(run: Run, num_params: int) -> str:
   cfg, ds, norm = run.config, run.dataset, run.norm
   line = (f"{cfg.model} on {ds.name} ({len(ds.train)} train / {len(ds.test)} test, from "
-          f"{ds.source}): {num_params:,} parameters, normalization mean {norm[0]:.4f} std "
-          f"{norm[1]:.4f}, {cfg.optimizer} lr {cfg.lr:g}, {jax.default_backend()} backend")
+          f"{ds.source}): {num_params:,} parameters, normalization mean {norm.mean:.4f} std "
+          f"{norm.std:.4f}, {cfg.optimizer}"
+          + ("" if run.optimizer and not run.optimizer.settings else f" lr {cfg.lr:g}")
+          + f", {jax.default_backend()} backend")
   if run.dp:
     line += f", {run.dp.describe(cfg.batch_size)}"
   if not run.plain:
-    line += f"; sweep of {len(run.group)} members in one program"
+    line += f"; sweep of {len(run.group)} members" + (
+        " in one program" if run.member_nets() is None else ", a program per dropout rate")
   return line
 
 
@@ -352,13 +527,29 @@ class Trainer:
     place = self._place = run.dp.put_replicated if run.dp else lambda tree: tree
     cpu = jax.default_backend() == "cpu"
     loop = run.config.epoch_loop
-    self.scanned = loop == "scan" or (loop == "auto" and not cpu)
-    self.vmapped = self.scanned or not cpu
+    # A model that takes no mask but keeps BatchNorm statistics must never see a padded
+    # batch (the padding would enter its statistics): its epoch ends on a smaller batch.
+    self.pad = run.net.mask or not jax.tree.leaves(members.state.batch_stats)
+    nets = run.member_nets()  # a swept nn.Dropout: a program per member's rate
+    cfg, n = run.config, len(run.dataset.train)
+    if run.dp and not self.pad and (cfg.batch_size % run.dp.size or (
+        not cfg.drop_remainder and n % cfg.batch_size % run.dp.size)):
+      raise ConfigError(f"{type(run.model).__name__} keeps BatchNorm statistics without taking "
+                        f"a `mask`, and batches of {cfg.batch_size} (and {n % cfg.batch_size} "
+                        f"at an epoch's end) don't divide over {run.dp.size} devices: the "
+                        "padding would enter its statistics; give a --batch_size they divide "
+                        "(and --drop_remainder), or --devices=1")
+    if loop == "scan" and not (self.pad or run.config.drop_remainder):
+      raise ConfigError(f"--epoch_loop=scan pads the epoch's last batch, and "
+                        f"{type(run.model).__name__} keeps BatchNorm statistics without taking "
+                        "a `mask`: add --drop_remainder, or --epoch_loop=python")
+    self.scanned = (loop == "scan" or (loop == "auto" and not cpu)) and self.pad and not nets
+    self.vmapped = (self.scanned or not cpu) and not nets
     self.window = 1  # batches per call of the step
     # The step's optimiser reads every value from the member's state (injected
     # hyperparameters), so one optimiser, built from the first member's config, steps all.
-    tx = step.make_optimizer(run.group[0].config, run.steps_per_epoch)
-    one = functools.partial(_member_step, model=run.model, tx=tx, norm=run.norm)
+    tx = step.make_optimizer(run.group[0].config, run.steps_per_epoch, run.optimizer)
+    one = functools.partial(_member_step, model=run.net, tx=tx)
     if self.scanned:
       self._step = jax.jit(functools.partial(
           scan_epoch, step_fn=_vmapped(one, self.per_member), batch_size=run.config.batch_size,
@@ -370,10 +561,12 @@ class Trainer:
     elif self.vmapped:
       self._step = parallel.jit_step(_vmapped(one, self.per_member), run.dp, donate_state=True,
                                      replicate_outputs=True, member_axis=self.per_member)
-    else:  # CPU: member after member, WINDOW_STEPS batches a call (data-parallel: one)
-      self.window = 1 if run.dp else WINDOW_STEPS
-      self._step = parallel.jit_step(_windowed(one) if self.window > 1 else one, run.dp,
-                                     donate_state=True, replicate_outputs=True)
+    else:  # CPU: member after member, WINDOW_STEPS batches a call (see _window)
+      self.window = _window(run, self.pad)
+      self._steps = [parallel.jit_step(_windowed(one) if self.window > 1 else one, run.dp,
+                                       donate_state=True, replicate_outputs=True)
+                     for one in ([functools.partial(_member_step, model=net, tx=tx)
+                                  for net in nets] if nets else [one])]
     self._keys = place(keys)
     if not self.vmapped:
       self._member_keys = [self._keys[k] for k in range(len(run.group))]
@@ -464,7 +657,8 @@ class Trainer:
       return losses, alive
     if not self.per_member and not self.run.dp:  # one transfer for every member
       unit = [jax.device_put(unit[0])]
-    out = [self._step(member, unit[k if self.per_member else 0], self._member_keys[k])
+    out = [self._steps[k % len(self._steps)](member, unit[k if self.per_member else 0],
+                                              self._member_keys[k])
            for k, member in enumerate(self._members)]
     self._members = [carry for carry, _ in out]
     return [loss for _, (loss, _) in out], [alive for _, (_, alive) in out]
@@ -478,7 +672,8 @@ class Trainer:
     cfg = self.run.config
     keys = self._shuffle_keys if self.per_member else self._shuffle_keys[:1]
     streams = [data.train_batches(self.run.dataset.train, cfg.batch_size, key, epoch,
-                                  cfg.drop_remainder, masked=True) for key in keys]
+                                  cfg.drop_remainder, masked=True, pad=self.pad)
+               for key in keys]
     batches = zip(*streams)
     while group := list(itertools.islice(batches, self.window)):
       sizes = [int(b[0]["mask"].sum()) for b in group]  # every member's holds as many
@@ -542,10 +737,20 @@ def _windowed(one):
   return window
 
 
-def _member_step(carry, batch, key, *, model, tx, norm):
+def _window(run: Run, pad: bool) -> int:
+  """Batches per call of the CPU step: WINDOW_STEPS for the built-in models; one for a model
+  of yours (flax's nn.Conv, lax.conv, trains several times slower inside a lax.scan on
+  XLA:CPU, jax-ml/jax#12868: benchmarks/own_model.py), a data-parallel run (its batches are
+  placed per call) and an epoch that ends on a smaller batch."""
+  if run.dp or not pad or not models.traced_dropout(run.model):
+    return 1
+  return WINDOW_STEPS
+
+
+def _member_step(carry, batch, key, *, model, tx):
   """step.member_step over (state, alive): (state, alive), (loss, alive). The second alive is
   the one to read: the next step takes the carry's buffers (donated)."""
-  state, alive, metrics = step.member_step(*carry, batch, key, model=model, tx=tx, norm=norm)
+  state, alive, metrics = step.member_step(*carry, batch, key, model=model, tx=tx)
   return (state, alive), (metrics["loss"], alive)
 
 
@@ -619,11 +824,13 @@ def _evaluate(run: Run, eval_step, trainer: Trainer, epoch: int, predictions: bo
     state = step.unstack(members.state, k)
     record: dict[str, Any] = {"epoch": epoch, "step": int(steps[k]),
                               "examples_seen": trainer.examples_seen}
-    if run.config.eval_train:
-      train = evaluate_split(eval_step, state, run.dataset.train, batch_size)
-      record.update(train_loss=train["loss"], train_accuracy=train["accuracy"])
-    test = evaluate_split(eval_step, state, run.dataset.test, batch_size, predictions)
-    record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+    splits = ("train", "test") if run.config.eval_train else ("test",)
+    for name in splits:
+      result = evaluate_split(eval_step, state, getattr(run.dataset, name), batch_size,
+                              predictions and name == "test")
+      record.update({f"{name}_{key}": value for key, value in result.items()
+                     if key != "predictions"})
+      test = result
     if predictions:
       record["predictions"] = test["predictions"]
     records.append(record)
@@ -632,17 +839,22 @@ def _evaluate(run: Run, eval_step, trainer: Trainer, epoch: int, predictions: bo
 
 def evaluate_split(eval_step, state: step.TrainState, split: data.Split, batch_size: int,
                    predictions: bool = False) -> dict[str, Any]:
-  """Mean loss and accuracy (in %) of one member's state on split, each example scored
-  once; with predictions, the predicted class of every example too."""
+  """Mean loss (cross-entropy), accuracy (in %) and the mean of each metric of the step's
+  (step.eval_step) of one member's state on split, each example scored once; with
+  predictions, the predicted class of every example too."""
   sums, predicted = [], []
   for batch in data.eval_batches(split, batch_size):
     out = eval_step(state, batch)
-    sums.append((out["loss_sum"], out["correct"]))
+    sums.append({k: v for k, v in out.items() if k != "prediction"})
     if predictions:  # [:n]: a data-parallel batch may come back padded
       n = len(batch["mask"])
       predicted.append(parallel.to_host(out["prediction"])[:n][batch["mask"]])
-  loss_sum, correct = np.sum(np.asarray(parallel.to_host(sums), np.float64), axis=0)
-  result = {"loss": float(loss_sum / len(split)), "accuracy": float(100.0 * correct / len(split))}
+  keys, host = list(sums[0]), parallel.to_host(sums)
+  totals = dict(zip(keys, np.sum(np.asarray([[h[k] for k in keys] for h in host], np.float64),
+                                 axis=0).tolist()))
+  result = {"loss": totals.pop("loss_sum") / len(split),
+            "accuracy": 100.0 * totals.pop("correct") / len(split),
+            **{k.removesuffix("_sum"): v / len(split) for k, v in totals.items()}}
   if predictions:
     result["predictions"] = np.concatenate(predicted)
   return result
@@ -656,8 +868,9 @@ class _Report:
   member's name and settings. A member whose loss stops being finite is frozen and named; a
   plain run, or a sweep whose every member diverged, stops (NonFiniteLoss)."""
 
-  def __init__(self, group: list[Member], out: Workdir | None, log: Callable[[str], None]):
-    self.group, self.out = group, out
+  def __init__(self, group: list[Member], out: Workdir | None, log: Callable[[str], None],
+               writers: tuple[Callable, ...] = ()):
+    self.group, self.out, self.writers = group, out, writers
     self.log = out.log if out else log
     self.plain = _plain(group)
     self.frozen: dict[int, int] = {}  # member -> the step at which it stopped
@@ -670,10 +883,21 @@ class _Report:
       row = _tag(self.group, k, {key: v for key, v in record.items() if key != "predictions"})
       prefix = "" if self.plain else f"[{row['member']}] "
       self.log(prefix + epoch_line(row) + suffix)
-      if self.out and self.out.primary:
-        files.append_jsonl(self.out.path / "metrics.jsonl", row)
+      self._write("metrics", row)
       rows.append(row)
     return rows
+
+  def _write(self, stream: str, row: dict[str, Any]) -> None:
+    """One record to its JSONL file (workdir/<stream>.jsonl) and to every writer."""
+    if self.out and self.out.primary:
+      files.append_jsonl(self.out.path / f"{stream}.jsonl", row)
+    for writer in self.writers:
+      writer(stream, dict(row))
+
+  def flush(self) -> None:
+    for writer in self.writers:
+      if hasattr(writer, "flush"):
+        writer.flush()
 
   def interval(self, interval: Interval, bar) -> None:
     """One log interval: divergence reports, the bar's loss, a train_log.jsonl row."""
@@ -692,9 +916,10 @@ class _Report:
     bar.set_postfix(loss=f"{np.nanmean(mean):.4f}")
     row = {**rows[-1], "interval": len(rows),
            "loss": float(mean[0]) if self.plain else mean.tolist()}
+    if not self.plain:  # whose each loss is
+      row["members"] = [m.name for m in self.group]
     self.train_log.append(row)
-    if self.out and self.out.primary:
-      files.append_jsonl(self.out.path / "train_log.jsonl", row)
+    self._write("train_log", row)
 
   def evaluation(self, records: list[dict[str, Any]]) -> np.ndarray:
     """Which members' evaluation (test, or train-set, loss) is not finite, newly: they are

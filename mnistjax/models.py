@@ -1,11 +1,14 @@
 """The networks of the studies as functional Flax linen modules, and one registry of them by name.
 
-Every model maps normalised images (B x 28 x 28 x 1, float) to log-probabilities
-(B x 10): `model.apply(variables, x, train=False)`. In training, pass
-`train=True`, `rngs={"dropout": key}` and `mutable=["batch_stats"]` where the
-model has BatchNorm. `mask` (B,), optional, marks the real examples of a padded
-batch: BatchNorm takes its statistics over those only (the others are ignored
-by the loss; see mnistjax.parallel).
+Every model maps normalised images (B x H x W x C, float) to logits (B x classes):
+`model.apply(variables, x, train=False)`, as Flax's own modules do. In training,
+pass `train=True`, `rngs={"dropout": key}` and `mutable=["batch_stats"]` where
+the model has BatchNorm. `mask` (B,), optional, marks the real examples of a
+padded batch: BatchNorm takes its statistics over those only (the others are
+ignored by the loss; see mnistjax.parallel).
+
+Any other flax.linen.Module trains too (`mnistjax.train(config, model=...)`, or
+`--model=package.module:Name`): `check` says in one line what it lacks.
 
 `python -m mnistjax.models` prints every model with its parameter count.
 """
@@ -14,6 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
+import inspect
+import os
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -66,7 +73,7 @@ class ConvNet(nn.Module):
     x = x.reshape(x.shape[0], -1)
     x = post(layers.Dense(self.hidden, kinit, name="fc1")(x), len(self.features) + 1)
     out_init = layers.kernel_init(self.init_scheme, linear=self.linear_output_gain)
-    return jax.nn.log_softmax(layers.Dense(self.num_classes, out_init, name="fc2")(x))
+    return layers.Dense(self.num_classes, out_init, name="fc2")(x)
 
 
 class CNN3(nn.Module):
@@ -95,7 +102,7 @@ class CNN3(nn.Module):
       if pool:
         x = layers.max_pool(x, *pool)
     x = layers.Dropout(self.dropout)(x.reshape(x.shape[0], -1), train)
-    return jax.nn.log_softmax(layers.Dense(self.num_classes, kinit, name="fc")(x))
+    return layers.Dense(self.num_classes, kinit, name="fc")(x)
 
 
 class MLP(nn.Module):
@@ -124,7 +131,7 @@ class MLP(nn.Module):
       x = act(layers.Dense(h, kinit, self.bias, name=f"fc{i}")(x))
       x = layers.Dropout(self.dropout)(x, train)
     out = layers.Dense(self.num_classes, kinit, self.bias, name=f"fc{len(self.hidden) + 1}")
-    return jax.nn.log_softmax(out(x))
+    return out(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,28 +160,114 @@ MODELS: dict[str, ModelSpec] = {
 
 def options(name: str) -> tuple[str, ...]:
   """The settings a model accepts (its module's dataclass fields)."""
-  return tuple(f.name for f in dataclasses.fields(_lookup(name).module)
+  return tuple(f.name for f in dataclasses.fields(_lookup(name))
                if f.name not in ("parent", "name"))
 
 
-def _lookup(name: str) -> ModelSpec:
+def is_path(name: str) -> bool:
+  """Whether a --model names an import path ("package.module:Name"), not a registered model."""
+  return ":" in name
+
+
+def _lookup(name: str):
+  """The module class (or factory) registered under name or found at an import path."""
+  if is_path(name):
+    return load_object(name)
   if name not in MODELS:
-    raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-  return MODELS[name]
+    raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}, or give "
+                      "an import path: --model=package.module:Name")
+  return MODELS[name].module
 
 
-def build(name: str, **settings) -> nn.Module:
-  """The model registered under name; settings that are None keep the model's defaults."""
-  spec = _lookup(name)
+def load_object(path: str, flag: str = "--model"):
+  """The object at "package.module:Name", imported as `python -m` would: from the current
+  folder first."""
+  module_name, _, attr = path.partition(":")
+  added = os.getcwd() not in sys.path
+  if added:
+    sys.path.insert(0, os.getcwd())
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f"{flag}={path}: can't import {module_name} ({e}); give a module "
+                      "importable from the current folder or installed") from None
+  finally:
+    if added:
+      sys.path.remove(os.getcwd())
+  try:
+    return functools.reduce(getattr, attr.split("."), module)
+  except AttributeError:
+    raise ConfigError(f"{flag}={path}: {module_name} has no {attr}") from None
+
+
+def build(name: str, num_classes: int = 10, **settings) -> nn.Module:
+  """The model registered under name, or the flax module (a class, a factory or an instance)
+  at an import path; settings that are None keep the model's defaults."""
+  target = _lookup(name)
   settings = {k: v for k, v in settings.items() if v is not None}
-  unknown = sorted(set(settings) - set(options(name)))
-  if unknown:
-    raise ConfigError(f"model {name!r} has no setting {', '.join(unknown)}; "
-                      f"its settings are: {', '.join(options(name))}")
-  return spec.module(**{**spec.defaults, **settings})
+  if isinstance(target, nn.Module):  # an instance: its own settings
+    model = target.clone(**settings) if settings else target
+  else:
+    fields = ([f.name for f in dataclasses.fields(target)]
+              if isinstance(target, type) and dataclasses.is_dataclass(target) else None)
+    if fields is not None and "num_classes" in fields:
+      settings.setdefault("num_classes", num_classes)
+    unknown = sorted(set(settings) - set(fields)) if fields is not None else []
+    if unknown:
+      raise ConfigError(f"model {name!r} has no setting {', '.join(unknown)}; its settings "
+                        f"are: {', '.join(f for f in fields if f not in ('parent', 'name'))}")
+    defaults = {} if is_path(name) else MODELS[name].defaults
+    model = target(**{**defaults, **settings})
+  if not isinstance(model, nn.Module):
+    raise ConfigError(f"--model={name} gives a {type(model).__name__}, not a "
+                      "flax.linen.Module")
+  return model
 
 
-def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
+def takes_mask(model: nn.Module) -> bool:
+  """Whether the model's __call__ takes `mask`: the examples of a padded batch (the built-ins'
+  BatchNorm keeps its statistics to them)."""
+  return "mask" in inspect.signature(type(model).__call__).parameters
+
+
+def traced_dropout(model: nn.Module) -> bool:
+  """Whether the model's dropout rate may be a traced value (mnistjax.layers.Dropout): a
+  sweep of it then trains every member in one program; flax's nn.Dropout needs a rate known
+  when it compiles, one program per rate."""
+  return type(model) in {spec.module for spec in MODELS.values()}
+
+
+def mode(model: nn.Module, train: bool) -> dict[str, bool]:
+  """The keyword that tells a module whether it trains, by the name its __call__ takes:
+  `train` (mnistjax's and Flax's guides), `deterministic` (its opposite), or none (a module
+  that computes the same in both, as the CNN of Flax's quick start)."""
+  params = inspect.signature(type(model).__call__).parameters
+  if "train" in params:
+    return {"train": train}
+  if "deterministic" in params:
+    return {"deterministic": not train}
+  return {}
+
+
+def check(model: nn.Module, image_shape: tuple[int, ...], num_classes: int) -> None:
+  """A model's contract, checked before anything trains: a flax.linen.Module whose
+  `__call__(x, train)` (or `deterministic`, or neither) maps B x H x W x C images to
+  B x num_classes logits. Raises ConfigError, one line naming what to change."""
+  if not isinstance(model, nn.Module):
+    raise ConfigError(f"model={model!r}: give a flax.linen.Module instance, e.g. "
+                      "model=MyNet()")
+  name = type(model).__name__
+  variables = jax.eval_shape(lambda: init(model, jax.random.key(0), image_shape))
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *image_shape)),
+                                             **mode(model, False)), variables)
+  if not hasattr(out, "shape") or tuple(out.shape) != (2, num_classes):
+    shape = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+    raise ConfigError(f"{name} maps a batch of 2 images {image_shape} to {shape}; it must "
+                      f"give logits of shape (2, {num_classes}): one per class")
+
+
+def init(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...] = (28, 28, 1),
+         batch_size: int = 1) -> dict:
   """Initial variables ({"params": ..., and "batch_stats" where the model has BatchNorm}).
 
   One compiled program: run op by op, flax's init compiles a small program for each
@@ -183,23 +276,25 @@ def init(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
   float32 rounding for normal ones. A model that cannot be hashed (a setting given as a
   list) is initialised op by op.
   """
+  image_shape = tuple(image_shape)
   try:
     hash(model)
   except TypeError:
-    return _init(model, key, batch_size)
-  return _compiled_init(model, key, batch_size)
+    return _init(model, key, image_shape, batch_size)
+  return _compiled_init(model, key, image_shape, batch_size)
 
 
-def _init(model: nn.Module, key: jax.Array, batch_size: int) -> dict:
+def _init(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], batch_size: int
+          ) -> dict:
   dtype = jnp.result_type(float)  # float32; float64 under x64
-  x = jnp.zeros((batch_size, 28, 28, 1), dtype)
-  variables = model.init({"params": key, "dropout": key}, x, train=False)
+  x = jnp.zeros((batch_size, *image_shape), dtype)
+  variables = model.init({"params": key, "dropout": key}, x, **mode(model, False))
   # Flax keeps BatchNorm's statistics and some parameters in float32 whatever the mode: one
   # dtype for every variable, so that a run under x64 is float64 throughout.
   return jax.tree.map(lambda a: a.astype(dtype), variables)
 
 
-_compiled_init = jax.jit(_init, static_argnums=(0, 2))
+_compiled_init = jax.jit(_init, static_argnums=(0, 2, 3))
 
 
 def count_params(params) -> int:

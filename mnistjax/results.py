@@ -60,8 +60,12 @@ class Result:
     return step.variables(step.unstack(self.state, member))
 
   def dataframe(self):
-    """The history as a pandas DataFrame (pandas is not a dependency: install it to use this)."""
-    import pandas  # pylint: disable=g-import-not-at-top
+    """The history as a pandas DataFrame (pandas is an optional extra: mnistjax[pandas])."""
+    try:
+      import pandas  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ConfigError('Result.dataframe() needs pandas: python -m pip install '
+                        '"mnistjax[pandas]" (or pandas)') from None
     return pandas.DataFrame(self.history)
 
   def __repr__(self) -> str:
@@ -72,9 +76,12 @@ class Result:
             f"{self.final[0]['epoch']} test accuracy {final}{where})")
 
 
-def load(workdir: str | os.PathLike) -> Result:
+def load(workdir: str | os.PathLike, model: nn.Module | None = None, optimizer=None) -> Result:
   """The Result of a finished or interrupted run from its workdir: history, summary and
-  predictions where written, and the state of its last checkpoint."""
+  predictions where written, and the state of its last checkpoint.
+
+  model, optimizer: a run of your own model or optimiser needs them again, as given to
+  train (a model named by an import path, --model=package.module:Name, is imported)."""
   if not isinstance(workdir, (str, os.PathLike)):
     raise ConfigError(f"load({workdir!r}): give the path of a run's workdir")
   path = pathlib.Path(workdir).expanduser().absolute()
@@ -96,7 +103,7 @@ def load(workdir: str | os.PathLike) -> Result:
   except (ConfigError, KeyError, TypeError, AttributeError) as e:
     raise WorkdirError(f"{path / 'config.json'} is not a run's config ({_reason(e)}); the "
                        "run's settings are lost: retrain it") from None
-  model = models.build(config.model, **config.model_settings())
+  model = _model(config, saved, model, path)
   summary_path, predictions_path = path / "summary.json", path / "predictions.npy"
   result = Result(config=config, members=group, model=model, history=history,
                   train_log=read_jsonl(path / "train_log.jsonl"), workdir=path,
@@ -108,12 +115,39 @@ def load(workdir: str | os.PathLike) -> Result:
       if latest_epoch(path / "checkpoints") is not None:
         steps = data.num_train_steps(saved["train_examples"], config.batch_size,
                                      config.drop_remainder)
-        template, _ = step.init_members(model, group, steps)
+        if optimizer is None and models.is_path(config.optimizer):
+          optimizer = _imported(config.optimizer, "optimizer", path)
+        own = None if optimizer is None else step.own_optimizer(optimizer, config, tuple(axes))
+        image_shape = tuple(saved.get("image_shape", (28, 28, 1)))
+        template, _ = step.init_members(model, group, steps, own, image_shape)
         _, members, _ = ckpt.restore_latest(template)  # verified against its checksum
         result.state, result.alive = members.state, np.asarray(members.alive)
     finally:
       ckpt.close()
   return result
+
+
+def _model(config: Config, saved: dict[str, Any], model, path: pathlib.Path) -> nn.Module:
+  """The run's model: the one given, or the registered or importable one its config names."""
+  if model is not None:
+    if not isinstance(model, nn.Module):
+      raise ConfigError(f"load(model={model!r}): give the flax.linen.Module the run trained")
+    return model
+  try:
+    return models.build(config.model, len(saved.get("class_names", range(10))),
+                        **config.model_settings())
+  except ConfigError as e:
+    raise ConfigError(f"{path} trained {config.model}, which can't be built here ({e}); give "
+                      "it: mnistjax.load(workdir, model=YourModule(...))") from None
+
+
+def _imported(name: str, what: str, path: pathlib.Path):
+  """The object a run named by its import path, or the one line asking for it."""
+  try:
+    return models.load_object(name, what)
+  except ConfigError:
+    raise ConfigError(f"{path} trained with {what} {name}, which can't be imported here; give "
+                      f"it: mnistjax.load(workdir, {what}=...)") from None
 
 
 def _reason(e: BaseException) -> str:

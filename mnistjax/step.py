@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,11 @@ def _adam(learning_rate, beta1, beta2, eps, weight_decay):
                      optax.adam(learning_rate, b1=beta1, b2=beta2, eps=eps))
 
 
+def _adamw(learning_rate, beta1, beta2, eps, weight_decay):
+  # PyTorch AdamW: decoupled decay, p -= lr * (adam step + wd * p).
+  return optax.adamw(learning_rate, b1=beta1, b2=beta2, eps=eps, weight_decay=weight_decay)
+
+
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
   build: Callable[..., optax.GradientTransformation]
@@ -68,6 +74,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
                      ("nesterov",)),
     "rmsprop": Optimizer(_rmsprop, ("learning_rate", "alpha", "eps", "weight_decay")),
     "adam": Optimizer(_adam, ("learning_rate", "beta1", "beta2", "eps", "weight_decay")),
+    "adamw": Optimizer(_adamw, ("learning_rate", "beta1", "beta2", "eps", "weight_decay")),
 }
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -124,24 +131,89 @@ def make(name: str, schedule: optax.Schedule | None = None, zero_grad: bool = Tr
   return tx if schedule is None else optax.chain(tx, optax.scale_by_schedule(schedule))
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+# A Config's optimiser settings by the names an optimiser's function takes them.
+_HPARAMS = {"learning_rate": "lr", "momentum": "momentum", "nesterov": "nesterov",
+            "weight_decay": "weight_decay", "alpha": "alpha", "eps": "eps", "beta1": "beta1",
+            "beta2": "beta2"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Own:
+  """An optimiser of your own: an optax.GradientTransformation (`make`, used as it is), or a
+  function returning one, given the Config settings it takes (its parameter -> the field)."""
+  make: Any
+  settings: tuple[tuple[str, str], ...] = ()
+
+
+def own_optimizer(optimizer, config, swept=()) -> Own:
+  """Own of a transformation or an optimiser function: the function's `learning_rate` (or
+  `lr`) is config.lr; its `momentum` and `weight_decay`, where it takes them, the config's
+  where they are swept or set (else the function's own defaults hold)."""
+  if is_transformation(optimizer):
+    return Own(optimizer)
+  params = parameters(optimizer)
+  lr_name = next((n for n in ("learning_rate", "lr") if n in params), None)
+  if lr_name is None:
+    raise ConfigError(f"optimizer={_name(optimizer)}: a function giving the optimiser must "
+                      "take `learning_rate` (or `lr`), e.g. lambda learning_rate: "
+                      "optax.adamw(learning_rate); or give an optax.GradientTransformation")
+  default = type(config)()
+  return Own(optimizer, ((lr_name, "lr"), *(
+      (k, k) for k in ("momentum", "weight_decay")
+      if k in params and (k in swept or getattr(config, k) != getattr(default, k)))))
+
+
+def make_optimizer(config, steps_per_epoch: int, optimizer: Own | None = None
+                   ) -> optax.GradientTransformation:
   """The optimiser of a config.Config (config.py reads this module's lists, so it is not
-  imported here): its learning rate `config.lr`, its schedule over the run's steps."""
-  hparams = {"learning_rate": config.lr, "momentum": config.momentum,
-             "nesterov": config.nesterov, "weight_decay": config.weight_decay,
-             "alpha": config.alpha, "eps": config.eps, "beta1": config.beta1,
-             "beta2": config.beta2}
+  imported here): its learning rate `config.lr`, its schedule over the run's steps.
+  optimizer, where given, replaces config.optimizer; a function's values are injected
+  (`optax.inject_hyperparams`) so that they can be swept and changed on resume."""
   schedule = None
   if config.schedule != "constant" or config.warmup_epochs:
     schedule = lr_multiplier(config.schedule, config.epochs * steps_per_epoch,
                              round(config.warmup_epochs * steps_per_epoch))
-  return make(config.optimizer, schedule=schedule, zero_grad=config.zero_grad, **hparams)
+  if optimizer is None:
+    hparams = {name: getattr(config, field) for name, field in _HPARAMS.items()}
+    return make(config.optimizer, schedule=schedule, zero_grad=config.zero_grad, **hparams)
+  if is_transformation(optimizer.make):
+    tx = optimizer.make
+  else:
+    tx = optax.inject_hyperparams(optimizer.make)(
+        **{param: getattr(config, field) for param, field in optimizer.settings})
+  return tx if schedule is None else optax.chain(tx, optax.scale_by_schedule(schedule))
+
+
+def is_transformation(optimizer) -> bool:
+  return isinstance(optimizer, optax.GradientTransformation)
+
+
+# The Config settings of the built-in optimisers besides lr: an optimiser of your own takes
+# momentum and weight_decay as parameters of its function, the others not at all.
+OPTIMIZER_SETTINGS = ("momentum", "nesterov", "zero_grad", "weight_decay", "alpha", "eps",
+                      "beta1", "beta2")
+
+
+def parameters(factory: Callable) -> tuple[str, ...]:
+  try:
+    return tuple(inspect.signature(factory).parameters)
+  except (TypeError, ValueError):  # no signature to read
+    return ()
+
+
+def _name(obj) -> str:
+  return getattr(obj, "__qualname__", None) or type(obj).__name__
 
 
 def injected(opt_state):
   """The state of the injected hyperparameters (`.hyperparams`) inside an optimiser state of
-  `make`, with or without a schedule."""
-  return opt_state if hasattr(opt_state, "hyperparams") else opt_state[0]
+  `make` or `make_optimizer`, with or without a schedule; None for an optimiser given as a
+  transformation (nothing injected)."""
+  for candidate in (opt_state, opt_state[0] if isinstance(opt_state, tuple) and opt_state
+                    else None):
+    if hasattr(candidate, "hyperparams"):
+      return candidate
+  return None
 
 
 def l2_penalty(params, l2: float | jax.Array, batch_size: int | jax.Array) -> jax.Array:
@@ -164,9 +236,10 @@ class TrainState:
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
-                 l2: float = 0.0, dropout: float | None = None) -> TrainState:
+                 l2: float = 0.0, dropout: float | None = None,
+                 image_shape: tuple[int, ...] = (28, 28, 1)) -> TrainState:
   """Initial parameters (from key), BatchNorm statistics and optimiser state."""
-  variables_ = models.init(model, key)
+  variables_ = models.init(model, key, image_shape)
   params = variables_["params"]
   dtype = jnp.result_type(float)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -191,10 +264,13 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 def with_hyperparameters(state: TrainState, source: TrainState) -> TrainState:
   """state with the hyperparameters of source (the same optimiser and model, other values):
   a resumed run takes its learning rate, L2 or dropout from its config, not its checkpoint."""
-  hyper = injected(state.opt_state)._replace(hyperparams=injected(source.opt_state).hyperparams)
-  opt_state = hyper if hasattr(state.opt_state, "hyperparams") else (hyper,
-                                                                      *state.opt_state[1:])
-  return state.replace(opt_state=opt_state, l2=source.l2, dropout=source.dropout)
+  hyper = injected(state.opt_state)
+  if hyper is not None:
+    hyper = hyper._replace(hyperparams=injected(source.opt_state).hyperparams)
+    opt_state = hyper if hasattr(state.opt_state, "hyperparams") else (hyper,
+                                                                        *state.opt_state[1:])
+    state = state.replace(opt_state=opt_state)
+  return state.replace(l2=source.l2, dropout=source.dropout)
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -204,37 +280,62 @@ def nll(logp_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(logp_BxK, labels_B[:, None], axis=-1)[:, 0]
 
 
-def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: nn.Module,
-               tx: optax.GradientTransformation, norm: tuple[float, float]
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimisation step on a batch of uint8 images; returns the new state and batch metrics."""
-  x = data.normalize(batch["image"], *norm)
+def cross_entropy(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy of integer labels: the loss unless one is given."""
+  return nll(jax.nn.log_softmax(logits_BxK), labels_B)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """What a step needs of the network: the module, how its input is normalised, whether it
+  takes the batch's `mask`, the loss it trains on (per example: B logits x K, B labels -> B),
+  and the metrics its evaluation reports, by name (each per example, like the loss)."""
+  module: nn.Module
+  norm: tuple[float, ...]  # data.Normalization
+  mask: bool = True
+  loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None  # None: cross_entropy
+  metrics: tuple[tuple[str, Callable], ...] = ()
+
+  def apply(self, variables_, batch: Batch, train: bool, **kwargs):
+    """The module's output (logits) for a batch of stored images."""
+    x = data.normalize(batch["image"], *self.norm)
+    if self.mask and "mask" in batch:
+      kwargs["mask"] = batch["mask"]
+    return self.module.apply(variables_, x, **models.mode(self.module, train), **kwargs)
+
+
+def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: Model,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on a batch of stored images; returns the new state and batch
+  metrics."""
   labels = batch["label"]
   step_key = jax.random.fold_in(key, state.step)
   if state.dropout is not None:  # a sweep member's own rate, a traced value
-    model = model.clone(dropout=state.dropout)
+    model = dataclasses.replace(model, module=model.module.clone(dropout=state.dropout))
 
   # A padded batch has a mask; its padding carries no weight anywhere.
   mask = batch.get("mask")
-  weight = None if mask is None else mask.astype(x.dtype)
+  dtype = jnp.result_type(float)
+  weight = None if mask is None else mask.astype(dtype)
   count = labels.shape[0] if mask is None else jnp.sum(weight)
 
   def mean(values_B):
     return values_B.mean() if weight is None else jnp.sum(values_B * weight) / count
 
   def loss_fn(params):
-    logp, updates = model.apply(variables(state.replace(params=params)), x, train=True,
-                                mask=mask, rngs={"dropout": step_key}, mutable=["batch_stats"])
-    data_loss = mean(nll(logp, labels))
+    logits, updates = model.apply(variables(state.replace(params=params)), batch, train=True,
+                                  rngs={"dropout": step_key}, mutable=["batch_stats"])
+    per_example = (cross_entropy if model.loss is None else model.loss)(logits, labels)
+    data_loss = mean(per_example)
     loss = data_loss + l2_penalty(params, state.l2, count)
-    return loss, (data_loss, logp, updates.get("batch_stats", {}))
+    return loss, (data_loss, logits, updates.get("batch_stats", {}))
 
-  (loss, (data_loss, logp, batch_stats)), grads = jax.value_and_grad(
+  (loss, (data_loss, logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step_metrics = {"loss": loss, "data_loss": data_loss,
-                  "accuracy": mean((jnp.argmax(logp, -1) == labels).astype(logp.dtype)),
+                  "accuracy": mean((jnp.argmax(logits, -1) == labels).astype(dtype)),
                   "grad_norm": optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                        opt_state=opt_state), step_metrics
@@ -245,31 +346,38 @@ def _all_finite(tree) -> jax.Array:
 
 
 def member_step(state: TrainState, alive: jax.Array, batch: Batch, key: jax.Array, *,
-                model: nn.Module, tx: optax.GradientTransformation, norm: tuple[float, float]
+                model: Model, tx: optax.GradientTransformation
                 ) -> tuple[TrainState, jax.Array, dict[str, jax.Array]]:
   """train_step for one member of a run: (state, alive, metrics). A step whose loss,
   parameters or BatchNorm statistics are not finite is not taken and the member is frozen
   (alive False), so a frozen member keeps its last finite state and the run can say where it
   diverged; a batch with no example changes nothing."""
-  new, metrics = train_step(state, batch, key, model=model, tx=tx, norm=norm)
+  new, metrics = train_step(state, batch, key, model=model, tx=tx)
   active = jnp.any(batch["mask"]) if "mask" in batch else jnp.asarray(True)
   finite = (jnp.isfinite(metrics["loss"]) & _all_finite(new.params)
             & _all_finite(new.batch_stats))
   alive = alive & (finite | ~active)
-  new = jax.tree.map(lambda n, o: jnp.where(alive & active, n, o), new, state)
+  # A cond, not a select of every array: the step pays no second pass over the state
+  # (benchmarks/own_model.py).
+  new = jax.lax.cond(alive & active, lambda: new, lambda: state)
   return new, alive, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, norm: tuple[float, float]
-              ) -> dict[str, jax.Array]:
-  """Summed loss and correct count over the batch's unmasked examples, and the predictions."""
-  x = data.normalize(batch["image"], *norm)
-  logp = model.apply(variables(state), x, train=False)
-  mask = batch["mask"]
-  prediction = jnp.argmax(logp, -1)
-  return {"loss_sum": jnp.sum(jnp.where(mask, nll(logp, batch["label"]), 0.0)),
-          "correct": jnp.sum(mask & (prediction == batch["label"])),
-          "prediction": prediction}
+def eval_step(state: TrainState, batch: Batch, *, model: Model) -> dict[str, jax.Array]:
+  """Summed cross-entropy, correct count and (per name) summed metrics over the batch's
+  unmasked examples, and the predictions. The training loss, where one was given, is a
+  metric "objective"."""
+  logits = model.apply(variables(state), {"image": batch["image"]}, train=False)
+  mask, labels = batch["mask"], batch["label"]
+  prediction = jnp.argmax(logits, -1)
+
+  def total(values_B):
+    return jnp.sum(jnp.where(mask, values_B, 0.0))
+
+  return {"loss_sum": total(cross_entropy(logits, labels)),
+          "correct": jnp.sum(mask & (prediction == labels)),
+          "prediction": prediction,
+          **{f"{name}_sum": total(fn(logits, labels)) for name, fn in model.metrics}}
 
 
 # ----------------------------------------------------------------------------- members
@@ -295,18 +403,20 @@ def unstack(tree: Any, k: int) -> Any:
   return jax.tree.map(lambda a: a[k], tree)
 
 
-def init_members(model: nn.Module, group: list, steps_per_epoch: int
-                 ) -> tuple[Members, jax.Array]:
+def init_members(model: nn.Module, group: list, steps_per_epoch: int,
+                 optimizer: Own | None = None,
+                 image_shape: tuple[int, ...] = (28, 28, 1)) -> tuple[Members, jax.Array]:
   """The initial states of a run's members (config.Member), stacked, each from its own seed
-  and hyperparameters, and their dropout keys."""
-  sweeps_dropout = any("dropout" in m.settings for m in group)
+  and hyperparameters, and their dropout keys. optimizer: make_optimizer's."""
+  sweeps_dropout = (any("dropout" in m.settings for m in group)
+                    and models.traced_dropout(model))
   states, keys = [], []
   for member in group:
     cfg = member.config
     init_key, dropout_key, _ = run_keys(cfg.seed)
     # The member's own optimiser puts its hyperparameters into the state it initialises.
-    tx = make_optimizer(cfg, steps_per_epoch)
+    tx = make_optimizer(cfg, steps_per_epoch, optimizer)
     states.append(create_state(model, tx, init_key, cfg.l2,
-                               (cfg.dropout or 0.0) if sweeps_dropout else None))
+                               (cfg.dropout or 0.0) if sweeps_dropout else None, image_shape))
     keys.append(dropout_key)
   return Members(stack(states), jnp.ones(len(group), bool)), jnp.stack(keys)

@@ -92,3 +92,12 @@ def test_sweep_times_both_ways_of_stepping_members_against_single_steps():
   assert "cores" in lines[0] and lines[1].startswith("single model:")
   rows = [line.split() for line in lines[3:]]
   assert [r[0] for r in rows] == ["1", "2"] and all(float(v) > 0 for r in rows for v in r[1:])
+
+
+def test_own_model_times_the_engine_against_a_plain_jit_loop(mnist):
+  lines = script("own_model.py", "--rounds=1", "--epochs=1", "--train_examples=256",
+                 "--models=mlp")
+  assert "cores" in lines[0] and lines[1].startswith("mlp ")
+  plain, engine = (float(lines[1].split(label)[1].split()[0])
+                   for label in ("plain jit loop", "mnistjax.train"))
+  assert plain > 0 and engine > 0 and "ratio" in lines[1]

@@ -72,7 +72,7 @@ def test_images_and_labels_of_different_length(tmp_path):
 def test_label_out_of_range(tmp_path):
   images, labels = fake_split(5)
   labels[2] = 10
-  with pytest.raises(DataError, match="label 10 is out of range 0..9"):
+  with pytest.raises(DataError, match="label 10 at index 2 is out of range 0..9"):
     data.read_split(write_idx(tmp_path / "i", images), write_idx(tmp_path / "l", labels))
 
 
@@ -261,8 +261,8 @@ def test_download_dataset_fills_the_cache_from_a_mirror(server, tmp_path, monkey
 def test_normalization_presets_and_estimate():
   images = np.array([[[0, 255]]], np.uint8)
   assert data.estimate_normalization(images) == pytest.approx((0.5, 0.5))
-  assert data.normalization("half") == (0.5, 0.5)
-  assert data.normalization("auto") == (0.1307, 0.3081)
+  assert data.normalization("half") == (0.5, 0.5, 0.0, 255.0)  # mean, std; black, white
+  assert data.normalization("auto") == (0.1307, 0.3081, 0.0, 255.0)
   with pytest.raises(ConfigError, match="choose one of: auto, estimate"):
     data.normalization("imagenet")
 
@@ -272,6 +272,11 @@ def test_normalize_matches_the_formula():
   x = np.asarray(data.normalize(images, 0.1307, 0.3081))
   assert x.shape == (1, 1, 3, 1) and x.dtype == np.float32
   np.testing.assert_allclose(x[0, 0, :, 0], (images[0, 0] / 255 - 0.1307) / 0.3081, rtol=1e-6)
+  # Floats in another range, with channels: (x - black) / (white - black), then standardised.
+  floats = np.array([[[[-1.0, 0.0, 1.0]]]], np.float32)  # 1 x 1 x 1 x 3: a channel axis kept
+  y = np.asarray(data.normalize(floats, 0.5, 0.25, -1.0, 1.0))
+  assert y.shape == (1, 1, 1, 3)
+  np.testing.assert_allclose(y[0, 0, 0], ((floats[0, 0, 0] + 1) / 2 - 0.5) / 0.25, rtol=1e-6)
 
 
 def test_shuffle_depends_only_on_seed_and_epoch():

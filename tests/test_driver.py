@@ -131,7 +131,7 @@ def test_the_python_epochs_compile_their_step_once(axes):
   for epoch in (1, 2):
     for _ in trainer.epoch(epoch):
       pass
-  assert trainer._step._cache_size() == 1  # pylint: disable=protected-access
+  assert [s._cache_size() for s in trainer._steps] == [1]  # pylint: disable=protected-access
   timing = trainer.timing()
   assert timing["compile_seconds"] > 0 and timing["train_images_per_second"] > 0
 
@@ -143,8 +143,8 @@ def test_the_notebook_api_trains_returns_and_loads_results(tmp_path):
   assert [r["epoch"] for r in result.history] == [0, 1, 2]
   assert result.predictions.shape == (1, 64)
   assert result.summary["members"][0]["final"] == result.history[-1]
-  logp = result.model.apply(result.variables(), np.zeros((3, 28, 28, 1), np.float32))
-  assert logp.shape == (3, 10)
+  logits = result.model.apply(result.variables(), np.zeros((3, 28, 28, 1), np.float32))
+  assert logits.shape == (3, 10)
   again = mnistjax.load(tmp_path)
   assert again.history == result.history and again.summary == json.loads(
       (tmp_path / "summary.json").read_text())

@@ -49,9 +49,9 @@ def test_rate_one_gives_zeros_and_finite_gradients():
   assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad) == 0)
   model = models.build("lenet", dropout=1.0)
   variables = models.init(model, jax.random.key(0))
-  logp = model.apply(variables, jnp.ones((2, 28, 28, 1)), train=True,
+  logits = model.apply(variables, jnp.ones((2, 28, 28, 1)), train=True,
                      rngs={"dropout": jax.random.key(1)})
-  assert np.all(np.isfinite(logp))
+  assert np.all(np.isfinite(logits))
 
 
 def test_keep_mask_is_unbiased_and_exact_for_quarters():
@@ -125,8 +125,8 @@ def test_prelu_slope_gets_a_gradient(name):
   labels = jnp.arange(16) % 10
 
   def loss(params):
-    logp = model.apply({"params": params}, x)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], -1))
+    logits = model.apply({"params": params}, x)
+    return -jnp.mean(jnp.take_along_axis(logits, labels[:, None], -1))
 
   grad = jax.grad(loss)(variables["params"])["prelu"]["slope"]
   assert np.isfinite(grad) and abs(float(grad)) > 1e-6
@@ -206,9 +206,9 @@ def test_a_model_trains_the_same_with_sliced_patches(x64, monkeypatch):
     variables = models.init(model, jax.random.key(1))
 
     def loss(params, model=model, variables=variables):
-      logp, _ = model.apply({**variables, "params": params}, x, train=True,
+      logits, _ = model.apply({**variables, "params": params}, x, train=True,
                             mutable=["batch_stats"])
-      return -jnp.mean(logp[jnp.arange(4), labels])
+      return -jnp.mean(logits[jnp.arange(4), labels])
 
     whole = jax.value_and_grad(loss)(variables["params"])
     with monkeypatch.context() as patch:

@@ -25,6 +25,8 @@ print(json.dumps({
     "members": [r["member"] for r in swept.final],
     "predictions": list(result.predictions.shape),
     "train_log": len(result.train_log),
+    "own": [(r["member"], r["epoch"]) for r in cnn.final],
+    "own_accuracy": min(r["test_accuracy"] for r in cnn.final),
     "mnistjax": mnistjax.__file__,
 }))"""
 
@@ -51,7 +53,7 @@ def test_the_quickstart_notebook_runs_in_a_jupyter_kernel(mnist, tmp_path, monke
   assert not errors
   plot_cells = [cell for cell in code
                 if any(line.startswith("plots.") for line in cell.source.splitlines())]
-  assert len(plot_cells) == 3  # loss curves, mistakes, accuracy against the dropout rate
+  assert len(plot_cells) == 4  # loss curves, mistakes, accuracy against dropout, own model
   for cell in plot_cells:  # shown as an image, kept in the saved notebook
     assert any("image/png" in output.get("data", {}) for output in cell.outputs), cell.source
   # The progress as a notebook saves it: each bar's last state is the finished epoch.
@@ -59,7 +61,7 @@ def test_the_quickstart_notebook_runs_in_a_jupyter_kernel(mnist, tmp_path, monke
                     if o.output_type == "stream" and o.name == "stdout")
   bars = [line.split("\r")[-1] for line in streams.split("\n") if "epoch 1/1" in line
           and "step" in line]
-  assert len(bars) == 2 and all("100%" in bar for bar in bars), bars
+  assert len(bars) == 3 and all("100%" in bar for bar in bars), bars  # lenet, sweep, own
   assert "widget" not in json.dumps(notebook.cells)
 
   checks = json.loads(_text(code[-1].outputs[0]))
@@ -68,6 +70,9 @@ def test_the_quickstart_notebook_runs_in_a_jupyter_kernel(mnist, tmp_path, monke
   assert checks["test_accuracy"] > 50  # it learned: 10000 images, one epoch (~77%)
   assert checks["members"] == [f"dropout={r}" for r in (0.0, 0.25, 0.5, 0.75)]
   assert checks["train_log"] > 0 and checks["predictions"] == [1, 1000]
+  # The Flax quick start's CNN, its own optimiser, two seeds, resumed for a second epoch.
+  assert checks["own"] == [["seed=0", 2], ["seed=1", 2]]
+  assert checks["own_accuracy"] > 50
 
 
 def test_a_notebook_progress_bar_is_text_left_at_its_end(monkeypatch, capsys):

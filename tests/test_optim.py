@@ -44,7 +44,20 @@ def torch_adam(p, grads, lr, beta1, beta2, eps, weight_decay, **_):
   return p
 
 
-REFERENCE = {"sgd": torch_sgd, "rmsprop": torch_rmsprop, "adam": torch_adam}
+def torch_adamw(p, grads, lr, beta1, beta2, eps, weight_decay, **_):
+  """torch/optim/adamw.py (amsgrad=False): decoupled decay, p *= 1 - lr * wd first."""
+  m, v = np.zeros_like(p), np.zeros_like(p)
+  for t, g in enumerate(grads, 1):
+    p = p * (1 - lr * weight_decay)
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+    p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+  return p
+
+
+REFERENCE = {"sgd": torch_sgd, "rmsprop": torch_rmsprop, "adam": torch_adam,
+             "adamw": torch_adamw}
 CASES = [
     ("sgd", dict(learning_rate=0.1, momentum=0.0, weight_decay=0.0, nesterov=False)),
     ("sgd", dict(learning_rate=0.01, momentum=0.5, weight_decay=0.0, nesterov=False)),
@@ -54,6 +67,8 @@ CASES = [
     ("rmsprop", dict(learning_rate=1e-2, alpha=0.99, eps=1e-3, weight_decay=0.1)),
     ("adam", dict(learning_rate=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)),
     ("adam", dict(learning_rate=0.001, beta1=0.8, beta2=0.99, eps=1e-4, weight_decay=0.05)),
+    ("adamw", dict(learning_rate=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)),
+    ("adamw", dict(learning_rate=0.001, beta1=0.8, beta2=0.99, eps=1e-4, weight_decay=0.5)),
 ]
 
 

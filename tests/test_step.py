@@ -23,7 +23,7 @@ def _parts(**overrides):
 
 
 def _jitted(model, tx, norm=NORM):
-  return jax.jit(functools.partial(step.train_step, model=model, tx=tx, norm=norm))
+  return jax.jit(functools.partial(step.train_step, model=step.Model(model, norm), tx=tx))
 
 
 def _batch(n=16, seed=0):
@@ -89,7 +89,7 @@ def test_evaluation_scores_a_partial_last_batch(x64):
   scores = {}
   for batch_size in (103, 10):
     _, model, tx = _parts()
-    eval_step = jax.jit(functools.partial(step.eval_step, model=model, norm=NORM))
+    eval_step = jax.jit(functools.partial(step.eval_step, model=step.Model(model, NORM)))
     scores[batch_size] = driver.evaluate_split(
         eval_step, step.create_state(model, tx, jax.random.key(0)), ds.test, batch_size,
         predictions=True)

@@ -93,8 +93,7 @@ def test_a_diverging_member_is_frozen_also_on_a_batch_without_mask():
   run = driver.setup(BASE, synthetic(), {"lr": (0.05, 1e30)})
   members, keys = step.init_members(run.model, run.group, run.steps_per_epoch)
   tx = step.make_optimizer(run.group[0].config, run.steps_per_epoch)
-  member_step = jax.jit(functools.partial(step.member_step, model=run.model, tx=tx,
-                                          norm=run.norm))
+  member_step = jax.jit(functools.partial(step.member_step, model=run.net, tx=tx))
   ds = run.dataset
   batch = {"image": ds.train.images[:32], "label": ds.train.labels[:32].astype(np.int32)}
   for k, (alive_after, steps_after) in enumerate([(True, 3), (False, 1)]):
