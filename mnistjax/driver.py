@@ -1047,7 +1047,7 @@ def _write_results(out: Workdir, run: Run, summary: dict[str, Any],
                     title)
   plots.error_curves(history, path / "error.png", title)
   plots.prediction_grid(dataset.test.images, dataset.test.labels, predictions[0], names,
-                        path / "predictions.png", title=title)
+                        path / "predictions.png", title=title, value_range=dataset.value_range)
   plots.confusion(confusion, names, path / "confusion_matrix.png", title)
 
 

@@ -119,14 +119,20 @@ def error_curves(epochs: list[dict], path=None, title=None):
 
 
 def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                    class_names, path=None, n: int = 36, title=None):
-  """Test images with predicted labels; mistakes in red with the true label."""
+                    class_names, path=None, n: int = 36, title=None,
+                    value_range: tuple[float, float] = (0.0, 255.0)):
+  """Test images (H x W, or H x W x C with 1 or 3 channels, pixels in value_range) with
+  predicted labels; mistakes in red with the true label."""
   n = min(n, len(images))
   cols = 6
   rows = max(1, -(-n // cols))
   fig, axes = _subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8))
+  low, high = value_range
   for ax, image, label, pred in zip(np.ravel(axes), images[:n], labels[:n], predictions[:n]):
-    ax.imshow(image, cmap="gray")
+    image = (np.asarray(image, np.float32) - low) / (high - low)  # [0, 1], as imshow wants
+    if image.ndim == 3 and image.shape[-1] != 3:  # one channel (or several): the first, grey
+      image = image[..., 0]
+    ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
     wrong = pred != label
     caption = f"{class_names[pred]}" + (f"\n(true {class_names[label]})" if wrong else "")
     ax.set_title(caption, color="red" if wrong else "black", fontsize=8)

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import mnistjax
-from mnistjax import checkpoint, data, driver
+from mnistjax import checkpoint, data, driver, plots
 from mnistjax.config import Config
 from mnistjax.errors import ConfigError, DataError, WorkdirError
 
@@ -409,3 +409,14 @@ def test_checkpoint_record_names_the_state_structure(tmp_path):
   finally:
     ckpt.close()
   assert len(record["structure"]) == 64
+
+
+@pytest.mark.parametrize("shape, value_range", [((8, 8, 1), (0.0, 1.0)), ((8, 8, 3), (0.0, 255.0)),
+                                                ((8, 8), (0.0, 255.0))])
+def test_the_prediction_grid_draws_images_of_any_channels_and_range(tmp_path, shape,
+                                                                      value_range):
+  images = np.random.default_rng(0).random((4, *shape)) * value_range[1]
+  labels = np.arange(4)
+  plots.prediction_grid(images, labels, labels, ["a", "b", "c", "d"],
+                                 tmp_path / "grid.png", value_range=value_range)
+  assert (tmp_path / "grid.png").stat().st_size > 1000
