@@ -32,14 +32,19 @@ def run_title(config: Config, axes: dict[str, tuple] | None = None) -> str:
   """Which run a figure shows: "lenet on mnist: activation=relu, dropout=0.25", then the swept
   settings of a sweep."""
   default = Config()
-  changed = {k: getattr(config, k) for k in _TITLE_SETTINGS
+  changed = {k: _short(getattr(config, k)) for k in _TITLE_SETTINGS
              if getattr(config, k) != getattr(default, k) and k not in (axes or {})}
-  title = f"{config.model} on {config.dataset}"
+  title = f"{_short(config.model)} on {config.dataset}"
   if changed:
     title += ": " + settings_name(changed, ", ")
   if axes:
     title += "; a sweep of " + " x ".join(axes)
   return title
+
+
+def _short(value):
+  """A model or optimiser of yours by its own name ("my_models:Net" -> "Net")."""
+  return value.rpartition(":")[2] if isinstance(value, str) else value
 
 
 def _png(fig) -> bytes:

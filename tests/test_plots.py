@@ -61,6 +61,9 @@ def test_the_title_names_the_model_the_dataset_and_the_variant():
   assert plots.run_title(Config(activation="relu", dropout=0.5),
                          {"dropout": (0.25, 0.5), "seed": (0, 1)}) == (
       "lenet on mnist: activation=relu; a sweep of dropout x seed")
+  # A model and optimiser of yours by their own names, not their modules'.
+  assert plots.run_title(Config(model="__main__:Net", optimizer="my_opts:adamw")) == (
+      "Net on mnist: optimizer=adamw")
 
 
 @pytest.mark.parametrize("name", ["error_curves", "sweep_curves"])
