@@ -218,6 +218,8 @@ def _check_type(field: dataclasses.Field, value: Any) -> None:
   if _is(value, kind) or (optional and value is None):
     return
   what = _TYPES[kind][1] + (" or None" if optional else "")
+  if field.name in ("model", "optimizer"):  # an object of yours goes to train, not the config
+    what += (f" (a name); give your own to train: mnistjax.train(config, {field.name}=...)")
   raise ConfigError(f"{field.name}={value!r}: must be {what}, not {type(value).__name__}")
 
 

@@ -320,6 +320,9 @@ def test_a_model_that_does_not_fit_the_data_or_the_contract_is_one_line():
       def __call__(self, x, train: bool):
         return nn.Dense(5)(x.reshape((x.shape[0], -1)))
     mnistjax.train(CFG, {"dropout": (0.1, 0.2)}, dataset=ds, model=NoDropout(), log=quiet)
+  with pytest.raises(ConfigError, match=r"must be a str \(a name\); give your own to train: "
+                                        r"mnistjax.train\(config, model=...\)"):
+    mnistjax.train(Config(model=Net()), dataset=ds, log=quiet)
   with pytest.raises(ConfigError, match="settings of the built-in models"):
     mnistjax.train(CFG.replace(activation="tanh"), dataset=ds, model=Net(), log=quiet)
 
