@@ -4,8 +4,7 @@ Sources, in order: a directory named by `data_dir` or `$MNISTJAX_DATA_DIR`
 (authoritative: when it is set, nothing else is tried); the user cache
 (`$MNISTJAX_CACHE_DIR`, else `$XDG_CACHE_HOME/mnistjax`, else
 `~/.cache/mnistjax`); a download into that cache from the mirrors that
-tensorflow-datasets uses, checked against their sha256 and size. With
-`source="tfds"` the data comes through tensorflow-datasets instead.
+tensorflow-datasets uses, checked against their sha256 and size.
 
 Images stay uint8 (N x 28 x 28) in memory; `normalize` turns a batch into
 floats inside the jitted step.
@@ -121,7 +120,6 @@ NORMALIZATIONS: dict[str, tuple[float, float]] = {
 }
 # Besides the presets: "auto" (the dataset's own preset) and "estimate" (from its train set).
 NORMALIZATION_CHOICES = ("auto", "estimate", *NORMALIZATIONS)
-DATA_SOURCES = ("auto", "tfds")
 
 _IDX_UBYTE = 0x08
 
@@ -282,7 +280,7 @@ def _file_list() -> str:
   return ", ".join(f"{images}.gz, {labels}.gz" for images, labels, _ in SPLITS.values())
 
 
-def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source: str = "auto",
+def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, *,
          download: bool = True, verify: bool = True) -> Dataset:
   """Loads a dataset as uint8 arrays.
 
@@ -290,8 +288,7 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source:
     name: "mnist" or "fashion_mnist".
     data_dir: folder with the four IDX files (in it or in `<data_dir>/<name>/`);
       defaults to $MNISTJAX_DATA_DIR. When given, it is the only place looked at.
-    source: "auto" (local folder, cache, download) or "tfds".
-    download: whether "auto" may download into the cache.
+    download: whether the data may be downloaded into the cache.
     verify: check each file's content against the published dataset's (sha256 of the
       decompressed bytes): another dataset's file, or a modified one, is an error.
 
@@ -302,11 +299,7 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source:
     DataError: files missing, corrupt or inconsistent; the message names the fix.
   """
   _check_dataset(name)
-  if source not in DATA_SOURCES:
-    raise ConfigError(f"unknown data source {source!r}; choose one of: {', '.join(DATA_SOURCES)}")
   data_dir = data_dir or os.environ.get(ENV_DATA_DIR) or None
-  if source == "tfds":
-    return _load_tfds(name, data_dir)
   if data_dir is not None:
     directory = pathlib.Path(data_dir).expanduser()
     if not directory.is_dir():
@@ -374,31 +367,6 @@ def download_dataset(name: str, folder: pathlib.Path, mirrors: tuple[str, ...] |
       raise DataError(
           f"cannot download {remote.name} ({'; '.join(errors)}); on a machine without internet, "
           f"copy {_file_list()} into a folder and set ${ENV_DATA_DIR}=FOLDER (or pass --data_dir)")
-
-
-def _load_tfds(name: str, data_dir) -> Dataset:
-  """Loads through tensorflow-datasets, offline from data_dir's .gz files when given."""
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise DataError("--data_source=tfds needs tensorflow-datasets: "
-                    "python -m pip install -e \".[tfds]\"") from None
-  try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    raise DataError("tensorflow-datasets needs TensorFlow to prepare MNIST (gzip, IDX and PNG go "
-                    "through tf): python -m pip install -e \".[tfds]\", or use the default "
-                    "--data_source=auto, which reads the IDX files directly") from None
-  manual_dir = None
-  if data_dir is not None:
-    manual_dir = find_files(pathlib.Path(data_dir).expanduser(), name)
-  config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
-  arrays = tfds.as_numpy(tfds.load(
-      name, split=["train", "test"], batch_size=-1, as_supervised=True,
-      data_dir=str(cache_dir() / "tfds"), download_and_prepare_kwargs={"download_config": config}))
-  train, test = (Split(images[..., 0].astype(np.uint8), labels.astype(np.uint8))
-                 for images, labels in arrays)
-  return Dataset(name, train, test, source="tfds")
 
 
 # ----------------------------------------------------------------------------

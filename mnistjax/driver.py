@@ -239,8 +239,7 @@ def setup(config: Config, dataset: data.Dataset | None = None,
   members of a validated config."""
   config.validate()
   if dataset is None:
-    dataset = data.load(config.dataset, config.data_dir, config.data_source,
-                        verify=config.verify_data)
+    dataset = data.load(config.dataset, config.data_dir, verify=config.verify_data)
   if config.train_limit or config.test_limit:
     dataset = data.Dataset(
         dataset.name, dataset.train.take(config.train_limit or len(dataset.train)),

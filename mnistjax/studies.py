@@ -348,7 +348,7 @@ def run_study(name: str, overrides: dict[str, Any] | None = None, workdir: str |
       + (f"one sweep over {', '.join(axes)}" if axes else f"{len(study_runs)} run(s)"))
   folder = make_folder(workdir) if workdir is not None else None  # before the data
   first = study_runs[0].config
-  dataset = data.load(first.dataset, first.data_dir, first.data_source, verify=first.verify_data)
+  dataset = data.load(first.dataset, first.data_dir, verify=first.verify_data)
   rows = []
   for run in study_runs:
     log(f"--- {name} / {run.name}")

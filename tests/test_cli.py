@@ -256,6 +256,18 @@ def test_the_retired_autotune_flag_and_setting_are_ignored(mnist, tmp_path):
   assert listed.returncode == 0 and listed.stdout.splitlines()[0] == RETIRED_NOTE
 
 
+def test_the_retired_data_source_flag_notes_auto_and_refuses_tfds():
+  """--data_source=auto asked for what the program still does; tfds for a source that is
+  gone."""
+  noted = run("--data_source=auto", "--list")
+  assert noted.returncode == 0, noted.stderr
+  assert noted.stdout.splitlines()[0].startswith("--data_source is gone: the IDX files are "
+                                                 "read directly")
+  assert_one_line_error(run("--data_source=tfds", "--list"),
+                        "--data_source=tfds is gone: the IDX files are read directly",
+                        "drop the flag")
+
+
 def test_two_runs_started_together_on_one_workdir(mnist, tmp_path):
   args = [sys.executable, str(ROOT / "experiments" / "run.py"), *SMALL, "--epochs=2",
           f"--workdir={tmp_path}"]

@@ -7,6 +7,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
 import pathlib
 import sys
 import threading
@@ -147,10 +148,22 @@ def test_offline_without_data_says_where_to_put_files(tmp_path, monkeypatch):
   assert not list((tmp_path / "mnist").glob("*")), "a failed download left a file behind"
 
 
-def test_tfds_source_without_tensorflow_datasets_says_how_to_install(monkeypatch):
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
-  with pytest.raises(DataError, match=r"needs tensorflow-datasets: .*\.\[tfds\]"):
-    data.load("mnist", source="tfds")
+def test_a_run_saved_with_the_retired_data_source_setting_loads_and_resumes(tmp_path):
+  # Versions with --data_source wrote it into config.json and each checkpoint's record.
+  from conftest import quiet, synthetic  # pylint: disable=g-import-not-at-top
+  import mnistjax  # pylint: disable=g-import-not-at-top
+  from mnistjax import config as config_lib, driver, files  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.Config(epochs=1, batch_size=32, eval_train=False, log_every=4)
+  driver.train(cfg, None, str(tmp_path), synthetic(), **quiet())
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert "data_source" not in saved["config"]
+  saved["config"]["data_source"] = "tfds"
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert mnistjax.load(tmp_path).config.epochs == 1
+  driver.train(cfg.replace(epochs=2), None, str(tmp_path), synthetic(), resume=True, **quiet())
+  assert [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+  with pytest.raises(TypeError):
+    data.load("mnist", None, "tfds")  # the source argument is gone too
 
 
 def test_the_files_of_another_dataset_are_named_as_such(mnist):
