@@ -278,6 +278,12 @@ def _restore(run: Run, out: Workdir, fresh: step.Members, report: _Report
     raise WorkdirError(f"--resume: {out.path} holds a run with other settings ({diff}); "
                        "those can't change when a run continues: give another --workdir, or "
                        "--overwrite")
+  order = saved.get("sweep_order", list(axes))
+  if order != list(axes):  # the same axes in another order: the members' positions differ
+    given = " ".join(f"--sweep={k}={','.join(map(str, saved_axes[k]))}" for k in order)
+    raise WorkdirError(f"--resume: {out.path} holds a sweep over {', '.join(order)} in that "
+                       f"order, which names and places its members; give it in that order: "
+                       f"{given}")
   ckpt = Checkpoints(out.path / CHECKPOINTS)
   try:  # the newest intact checkpoint; those past it are named, and set aside
     epoch, restored, record = ckpt.restore_latest(fresh, report.log)

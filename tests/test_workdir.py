@@ -211,6 +211,19 @@ def test_resume_refuses_other_sweep_members_and_logs_allowed_changes(tmp_path):
              "changed since: epochs 1 -> 2, momentum 0.5 -> 0.9" in line for line in lines)
 
 
+def test_resume_refuses_the_same_sweep_axes_in_another_order(tmp_path):
+  # The axes' order places the members (seed-major or lr-major): resumed in another order,
+  # each member would continue from another member's state.
+  _run(tmp_path, sweep={"seed": (1, 2), "lr": (0.01, 0.02)})
+  with pytest.raises(WorkdirError, match=r"holds a sweep over seed, lr in that order, .*give "
+                     r"it in that order: --sweep=seed=1,2 --sweep=lr=0.01,0.02$"):
+    _run(tmp_path, CFG.replace(epochs=2), sweep={"lr": (0.01, 0.02), "seed": (1, 2)},
+         resume=True)
+  assert _epochs(tmp_path) == [0] * 4 + [1] * 4
+  _run(tmp_path, CFG.replace(epochs=2), sweep={"seed": (1, 2), "lr": (0.01, 0.02)}, resume=True)
+  assert _epochs(tmp_path) == [0] * 4 + [1] * 4 + [2] * 4
+
+
 # 7. Disk full, torn lines.
 
 
