@@ -175,6 +175,20 @@ class Checkpoints:
     return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state), \
         restored["record"]
 
+  def latest_record(self) -> dict[str, Any] | None:
+    """The record of the newest checkpoint whose record reads, without its arrays and before
+    any checksum is checked: what a resume compares its settings with before restoring."""
+    for epoch in epochs(self.directory):
+      try:
+        with _orbax_quiet():
+          record = self.manager.restore(epoch, args=ocp.args.Composite(
+              record=ocp.args.JsonRestore()))["record"]
+      except Exception:  # pylint: disable=broad-except  # damaged: restore_latest names it
+        continue
+      if isinstance(record, dict):
+        return record
+    return None
+
   def restore_latest(self, target: Any, log: Callable[[str], None] | None = None
                      ) -> tuple[int, Any, dict[str, Any]]:
     """The newest intact checkpoint: (epoch, state, record), as `restore`. With log, the

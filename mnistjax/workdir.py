@@ -157,6 +157,7 @@ class Workdir:
   def saved_config(self) -> dict[str, Any]:
     """config.json as the run before this one wrote it ({} where there is none)."""
     try:
-      return json.loads((self.path / "config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+      saved = json.loads((self.path / "config.json").read_text())
+    except (OSError, ValueError):  # gone, unreadable, not JSON or not UTF-8
       return {}
+    return saved if isinstance(saved, dict) else {}

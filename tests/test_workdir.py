@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import quiet, synthetic
-from mnistjax import checkpoint, config as config_lib, driver, files, step, workdir
+from mnistjax import checkpoint, config as config_lib, data, driver, files, step, workdir
 from mnistjax.errors import ConfigError, Interrupted, NonFiniteLoss, WorkdirError
 
 CFG = config_lib.Config(epochs=1, batch_size=32, eval_train=False, log_every=2)
@@ -222,6 +222,66 @@ def test_resume_refuses_the_same_sweep_axes_in_another_order(tmp_path):
   assert _epochs(tmp_path) == [0] * 4 + [1] * 4
   _run(tmp_path, CFG.replace(epochs=2), sweep={"seed": (1, 2), "lr": (0.01, 0.02)}, resume=True)
   assert _epochs(tmp_path) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+@pytest.mark.parametrize("damage", ["deleted", "invalid", "a list", "seed edited"])
+@pytest.mark.parametrize("change,message", [(dict(seed=7), r"seed 1 -> 7"),
+                                            (dict(batch_size=16), r"batch_size 32 -> 16")])
+def test_resume_checks_the_checkpoints_own_record_not_only_config_json(tmp_path, damage,
+                                                                       change, message):
+  _run(tmp_path)
+  saved = tmp_path / "config.json"
+  if damage == "deleted":
+    saved.unlink()
+  elif damage == "invalid":
+    saved.write_bytes(b"{\xff not json")
+  elif damage == "a list":
+    saved.write_text("[]")
+  else:  # edited to agree with the resumed run's flags
+    edited = json.loads(saved.read_text())
+    edited["config"].update(change)
+    saved.write_text(json.dumps(edited))
+  with pytest.raises(WorkdirError, match=r"--resume: .* holds a run with other settings \("
+                     + message + r"\)"):
+    _run(tmp_path, CFG.replace(epochs=2, **change), resume=True)
+  assert _epochs(tmp_path) == [0, 1]
+  _run(tmp_path, CFG.replace(epochs=2), resume=True)  # its own settings continue it
+  assert _epochs(tmp_path) == [0, 1, 2]
+
+
+def _other_data():
+  ds = synthetic()
+  images = ds.train.images.copy()
+  images[0, 0, 0] ^= 1  # one pixel
+  return data.Dataset(ds.name, data.Split(images, ds.train.labels), ds.test, "elsewhere")
+
+
+def test_resume_refuses_other_training_data(tmp_path):
+  _run(tmp_path)
+  assert json.loads((tmp_path / "config.json").read_text())["train_data_sha256"] == \
+      data.fingerprint(synthetic().train)
+  with pytest.raises(WorkdirError, match=r"--resume: .* was trained on other data than the "
+                     r"files in elsewhere \(the sha256 of the training images and labels "
+                     r"differs\); resume on the files it was trained on \(--data_dir\), or "
+                     r"start again with --overwrite"):
+    driver.train(CFG.replace(epochs=2), None, str(tmp_path), _other_data(), resume=True,
+                 **quiet())
+  (tmp_path / "config.json").unlink()  # the checkpoint's record holds it too
+  with pytest.raises(WorkdirError, match=r"was trained on other data"):
+    driver.train(CFG.replace(epochs=2), None, str(tmp_path), _other_data(), resume=True,
+                 **quiet())
+  assert _epochs(tmp_path) == [0, 1]
+
+
+def test_a_run_from_before_data_fingerprints_resumes_on_its_files(tmp_path, monkeypatch):
+  record = driver._run_record  # pylint: disable=protected-access
+  monkeypatch.setattr(driver, "_run_record", lambda run: {
+      k: v for k, v in record(run).items() if k != "train_data_sha256"})
+  _run(tmp_path)
+  monkeypatch.setattr(driver, "_run_record", record)
+  driver.train(CFG.replace(epochs=2), None, str(tmp_path), _other_data(), resume=True,
+               **quiet())  # trusted: nothing to compare with
+  assert _epochs(tmp_path) == [0, 1, 2]
 
 
 # 7. Disk full, torn lines.
