@@ -315,6 +315,50 @@ def test_a_run_killed_inside_a_checkpoint_save_resumes_bit_for_bit(mnist, tmp_pa
                                                                    again.history)]
 
 
+def test_overwrite_keeps_the_earlier_checkpoints_through_a_failed_move_and_a_kill(
+    mnist, tmp_path, monkeypatch):
+  assert run(*SMALL, "--epochs=1", "--lr=0.02", f"--workdir={tmp_path}").returncode == 0
+
+  def earlier_checkpoints() -> list[pathlib.Path]:
+    return [p for p in tmp_path.rglob("checkpoints/1") if json.loads(
+        (p / "record" / "metadata").read_text())["config"]["lr"] == 0.02]  # orbax's record
+
+  # A first --overwrite fails while moving the earlier run aside (permission denied; patched,
+  # since tests may run as root, whom no permission stops).
+  from conftest import quiet, synthetic  # pylint: disable=g-import-not-at-top
+  from mnistjax import config as config_lib, driver  # pylint: disable=g-import-not-at-top
+  from mnistjax.errors import WorkdirError  # pylint: disable=g-import-not-at-top
+  real_replace = os.replace
+
+  def denied(src, dst):
+    if pathlib.Path(src).name == "checkpoints":
+      raise PermissionError(13, "Permission denied")
+    real_replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", denied)
+  with pytest.raises(WorkdirError, match="Permission denied while moving the earlier run aside"):
+    driver.train(config_lib.Config(epochs=1), None, str(tmp_path), synthetic(), overwrite=True,
+                 **quiet())
+  monkeypatch.setattr(os, "replace", real_replace)
+  assert len(earlier_checkpoints()) == 1
+  # A second --overwrite, killed with kill -9 before its first checkpoint.
+  proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "run.py"),
+                           "--train_limit=60000", "--test_limit=100", "--eval_train=false",
+                           "--epochs=1", f"--workdir={tmp_path}", "--overwrite"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+  deadline = time.time() + 120
+  while time.time() < deadline and not ((tmp_path / ".replaced").exists() and
+                                        (tmp_path / "metrics.jsonl").exists()):
+    time.sleep(0.05)  # the new run's epoch 0, once the earlier run is aside
+  proc.kill()
+  proc.wait(timeout=60)
+  assert not (tmp_path / "checkpoints" / "1").exists(), "the new run had its checkpoint first"
+  assert len(earlier_checkpoints()) == 1
+  again = run(*SMALL, "--epochs=1", f"--workdir={tmp_path}", "--overwrite")
+  assert again.returncode == 0, again.stderr
+  assert not earlier_checkpoints() and (tmp_path / "checkpoints" / "1").is_dir()
+
+
 def test_a_full_disk_is_one_line_and_leaves_every_record_readable(mnist, tmp_path):
   disk = tmp_path / "disk"
   if not _mount_tmpfs(disk, "size=3m"):  # LeNet's first checkpoint (~5 MB) does not fit

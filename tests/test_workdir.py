@@ -72,6 +72,25 @@ def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_a_checkpoint(tm
   assert _epochs(tmp_path) == [0, 1]
 
 
+def test_a_move_aside_cut_short_by_a_kill_is_finished_by_the_next_overwrite(tmp_path,
+                                                                           monkeypatch):
+  _run(tmp_path, CFG.replace(lr=0.02))
+  replacing = tmp_path / workdir.REPLACING  # as a kill -9 inside the move leaves it
+  replacing.mkdir()
+  for name in ("config.json", "metrics.jsonl"):
+    os.replace(tmp_path / name, replacing / name)
+  with pytest.raises(WorkdirError, match="holds an earlier run"):
+    _run(tmp_path)
+  monkeypatch.setattr(driver, "_evaluate", lambda *a, **k: (_ for _ in ()).throw(
+      KeyboardInterrupt))
+  with pytest.raises(Interrupted):
+    _run(tmp_path, overwrite=True)
+  old = tmp_path / workdir.REPLACED
+  assert not replacing.exists() and (old / "checkpoints" / "1").is_dir()
+  assert json.loads((old / "config.json").read_text())["config"]["lr"] == 0.02
+  assert _epochs(old) == [0, 1]
+
+
 # 2. --resume never deletes anything, and says when there is nothing to resume.
 
 
