@@ -17,11 +17,13 @@ import gzip
 import hashlib
 import os
 import pathlib
+import stat
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -154,8 +156,16 @@ class Dataset:
 # IDX files
 
 
-def _open(path: pathlib.Path):
-  return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+def _read(path: pathlib.Path, fix: str) -> bytes:
+  """The (decompressed) bytes of a regular file. Opened without blocking and checked before
+  reading: a FIFO or a device in the file's place would block open() or read() forever."""
+  with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+    mode = os.fstat(f.fileno()).st_mode
+    if stat.S_ISDIR(mode):
+      raise DataError(f"{path} is a folder where the IDX file should be; {fix}")
+    if not stat.S_ISREG(mode):
+      raise DataError(f"{path} is not a regular file (a FIFO, socket or device); {fix}")
+    return gzip.GzipFile(fileobj=f).read() if path.suffix == ".gz" else f.read()
 
 
 def read_idx(path: str | os.PathLike, fix: str = "replace it with the original file",
@@ -164,14 +174,16 @@ def read_idx(path: str | os.PathLike, fix: str = "replace it with the original f
   size, and where given, the sha256 of its (decompressed) bytes. `fix` ends every error."""
   path = pathlib.Path(path)
   try:
-    with _open(path) as f:
-      raw = f.read()
+    raw = _read(path, fix)
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
   except (EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DataError(f"{path}: truncated or corrupt gzip file ({e}); {fix}") from None
   except IsADirectoryError:
     raise DataError(f"{path} is a folder where the IDX file should be; {fix}") from None
+  except PermissionError as e:
+    raise DataError(f"{path}: cannot read ({e.strerror}); make it readable (chmod a+r), or "
+                    "point --data_dir at a copy you can read") from None
   except OSError as e:
     raise DataError(f"{path}: cannot read ({e.strerror}); {fix}") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] not in (1, 3):
@@ -279,6 +291,21 @@ def _read_folder(folder: pathlib.Path, name: str, fix: str, verify: bool) -> tup
   return splits[0], splits[1]
 
 
+def _readable(directory: pathlib.Path, look: Callable[[], Any]) -> Any:
+  """look() (a question about directory), with a folder that can't be searched or a name
+  that is not UTF-8 (it would fail when printed) as one line naming the fix."""
+  try:
+    os.fsdecode(directory).encode("utf-8")
+  except UnicodeEncodeError:
+    raise DataError(f"{repr(os.fsencode(directory))[2:-1]}: the folder's name is not valid UTF-8; "
+                    "rename it, or give another --data_dir") from None
+  try:
+    return look()
+  except PermissionError as e:
+    raise DataError(f"{directory}: cannot read the folder ({e.strerror}); make it readable "
+                    "(chmod a+rx), or point --data_dir at a copy you can read") from None
+
+
 def cache_dir() -> pathlib.Path:
   """The user cache for downloads: $MNISTJAX_CACHE_DIR, $XDG_CACHE_HOME/mnistjax or ~/.cache/mnistjax."""
   if os.environ.get(ENV_CACHE_DIR):
@@ -313,18 +340,18 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, *,
   data_dir = data_dir or os.environ.get(ENV_DATA_DIR) or None
   if data_dir is not None:
     directory = pathlib.Path(data_dir).expanduser()
-    if not directory.is_dir():
+    if not _readable(directory, directory.is_dir):
       raise DataError(f"data directory {directory} does not exist; point --data_dir or "
                       f"${ENV_DATA_DIR} at a folder holding the {name} IDX files "
                       f"({_file_list()}), in it or in a {name}/ subfolder")
-    folder = find_files(directory, name)
+    folder = _readable(directory, lambda: find_files(directory, name))
     if folder is None:
       raise DataError(f"no complete {name} dataset in {directory} or {directory / name}; "
                       f"expected {_file_list()} (.gz or uncompressed)")
     fix = "replace it with the original file"
     return Dataset(name, *_read_folder(folder, name, fix, verify), source=str(folder))
   folder = cache_dir() / name
-  if find_files(folder, name) is None:
+  if _readable(folder, lambda: find_files(folder, name)) is None:
     if not download:
       raise DataError(f"{name} is not in the cache {folder} and downloads are off; "
                       f"set ${ENV_DATA_DIR} to a folder holding {_file_list()}")
