@@ -303,6 +303,15 @@ def test_a_run_from_before_data_fingerprints_resumes_on_its_files(tmp_path, monk
   assert _epochs(tmp_path) == [0, 1, 2]
 
 
+def test_a_workdir_whose_name_is_not_utf8_is_one_line(tmp_path):
+  # As Python takes in --workdir=$'/tmp/x\xff' (surrogateescape): every line that printed it
+  # would fail.
+  with pytest.raises(WorkdirError, match=r"--workdir=.*/x\\xff: the name is not valid UTF-8; "
+                     r"give a folder name in UTF-8$"):
+    _run(tmp_path / os.fsdecode(b"x\xff"))
+  assert not list(tmp_path.iterdir())
+
+
 # 7. Disk full, torn lines.
 
 
