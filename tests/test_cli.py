@@ -378,6 +378,22 @@ def test_a_full_disk_is_one_line_and_leaves_every_record_readable(mnist, tmp_pat
     _umount(disk)
 
 
+def test_a_disk_that_fills_inside_a_checkpoint_save_is_one_line(mnist, tmp_path):
+  disk = tmp_path / "disk"
+  if not _mount_tmpfs(disk, "size=4m"):  # room for the first checkpoint, not the second
+    pytest.skip("cannot mount a tmpfs here (the injected-ENOSPC tests in test_workdir.py run)")
+  try:
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "full_disk_worker.py"),
+                             *SMALL, "--epochs=3", f"--workdir={disk / 'run'}"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert ("No space left on device while saving the checkpoint of epoch 2" in result.stderr
+            and "the checkpoint of epoch 1 and the metrics up to it are in" in result.stderr)
+  finally:
+    _umount(disk)
+
+
 @pytest.fixture(scope="module")
 def idx_folder(tmp_path_factory) -> pathlib.Path:
   """Random IDX files of MNIST's sizes (runs use --train_limit and --verify_data=false)."""
