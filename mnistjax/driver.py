@@ -875,13 +875,25 @@ class _StopRequest:
 
   def __init__(self):
     self.requested = None  # the signal's number
+    self.lost = None  # a second signal Python could not raise where it landed
     self._previous = {}
+    self._unraisable = sys.unraisablehook
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       for signum in self.SIGNALS:
         self._previous[signum] = signal.signal(signum, self._handle)
+      sys.unraisablehook = self._keep_lost
     return self
+
+  def _keep_lost(self, unraisable):
+    """A second signal that lands in a garbage-collection or weakref callback (often while
+    the figures are drawn) can't be raised there: Python would print it as "Exception
+    ignored" and go on. It is kept instead, and raised on leaving."""
+    if self._previous and isinstance(unraisable.exc_value, errors.Signal):
+      self.lost = unraisable.exc_value.signum
+    else:
+      self._unraisable(unraisable)
 
   def _handle(self, signum, frame):
     if self.requested is not None:
@@ -892,9 +904,14 @@ class _StopRequest:
     if self.requested is not None:
       raise errors.Signal(self.requested)
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *exc):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
+    self._previous = {}
+    if sys.unraisablehook == self._keep_lost:  # else a hook set since wraps it: it passes on
+      sys.unraisablehook = self._unraisable
+    if self.lost is not None and exc_type is None:
+      raise errors.Signal(self.lost)
 
 
 def _shown(value) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
 
 import jax
@@ -310,6 +311,29 @@ def test_a_workdir_whose_name_is_not_utf8_is_one_line(tmp_path):
                      r"give a folder name in UTF-8$"):
     _run(tmp_path / os.fsdecode(b"x\xff"))
   assert not list(tmp_path.iterdir())
+
+
+def test_a_second_ctrl_c_lost_in_a_gc_callback_during_the_figures_still_stops(
+    tmp_path, monkeypatch, capfd):
+  # Python runs a signal's handler wherever the main thread is; inside a garbage-collection
+  # or weakref callback (matplotlib makes many) the raised exception is "ignored": printed
+  # as a traceback, and the run went on as if the second Ctrl-C had not come.
+  from mnistjax import errors, plots  # pylint: disable=g-import-not-at-top
+  error_curves = plots.error_curves
+
+  class Callback:
+    def __del__(self):
+      raise errors.Signal(signal.SIGINT)
+
+  def figure_hit_by_ctrl_c(*args, **kwargs):
+    Callback()  # collected at once: its exception can't propagate
+    return error_curves(*args, **kwargs)
+
+  monkeypatch.setattr(plots, "error_curves", figure_hit_by_ctrl_c)
+  with pytest.raises(Interrupted, match=r"^interrupted; the checkpoint of epoch 1 and the "
+                     r"metrics up to it are in .*: continue with --resume$"):
+    _run(tmp_path)
+  assert "Exception ignored" not in capfd.readouterr().err
 
 
 # 7. Disk full, torn lines.
