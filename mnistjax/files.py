@@ -125,6 +125,9 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
   """The records of a .jsonl file; a last line cut short (a crash, a full disk) is dropped."""
   if not path.exists():
     return []
+  if not path.is_file():  # a FIFO or a device would block the read forever
+    raise WorkdirError(f"{path} is not a regular file; remove it, or start the run again "
+                       "with --overwrite")
   lines = path.read_text().split("\n")
   records = []
   for i, line in enumerate(lines):

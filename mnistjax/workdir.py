@@ -177,8 +177,9 @@ class Workdir:
 
   def saved_config(self) -> dict[str, Any]:
     """config.json as the run before this one wrote it ({} where there is none)."""
-    try:
-      saved = json.loads((self.path / "config.json").read_text())
+    path = self.path / "config.json"
+    try:  # not a regular file (a FIFO would block the read): none (each checkpoint has its own)
+      saved = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):  # gone, unreadable, not JSON or not UTF-8
       return {}
     return saved if isinstance(saved, dict) else {}

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import stat
+import threading
 
 import jax
 import numpy as np
@@ -334,6 +335,25 @@ def test_a_second_ctrl_c_lost_in_a_gc_callback_during_the_figures_still_stops(
                      r"metrics up to it are in .*: continue with --resume$"):
     _run(tmp_path)
   assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_fifos_in_place_of_a_runs_records_never_block_a_resume(tmp_path):
+  _run(tmp_path)
+  for name in ("config.json", "metrics.jsonl"):
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)  # reading one would wait for a writer forever
+  done = []
+
+  def resume():
+    with pytest.raises(WorkdirError) as e:
+      _run(tmp_path, CFG.replace(epochs=2), resume=True)
+    done.append(str(e.value))
+
+  thread = threading.Thread(target=resume, daemon=True)
+  thread.start()
+  thread.join(timeout=120)
+  assert done and done[0].startswith(f"{tmp_path / 'metrics.jsonl'} is not a regular file; "
+                                     "remove it, or start the run again with --overwrite")
 
 
 # 7. Disk full, torn lines.
