@@ -333,10 +333,12 @@ def _write_config(out: Workdir, run: Run, num_params: int) -> None:
   if not out.primary:
     return
   files.write_json(out.path / "config.json", {
-      **_run_record(run), "model": model_fields, "normalization": run.norm,
+      "config": run.config.to_dict(), "model": model_fields, "normalization": run.norm,
       "dataset_source": run.dataset.source, "num_params": num_params,
       "train_examples": len(run.dataset.train), "test_examples": len(run.dataset.test),
-      **_run_record(run),
+      "sweep": {k: list(v) for k, v in run.axes.items()},
+      "sweep_order": list(run.axes),  # JSON sorts keys; the order names the members
+      "train_data_sha256": run.data_sha256,  # as every checkpoint's record (_run_record)
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "argv": sys.argv})
 
