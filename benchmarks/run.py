@@ -92,7 +92,7 @@ def paired_ratio(baseline_rounds: list[float], rounds: list[float]) -> tuple[flo
 
 def load(config):
   from mnistjax import data  # pylint: disable=g-import-not-at-top
-  dataset = data.load(config.dataset, config.data_dir, config.data_source)
+  dataset = data.load(config.dataset, config.data_dir)
   return dataset, data.normalization(config.normalization, dataset)
 
 

@@ -23,6 +23,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,8 +66,27 @@ def _orbax_quiet() -> Iterator[None]:
     logger.setLevel(level)
 
 
+def _drop_late_completions() -> None:
+  """Where a save fails (a full disk), tensorstore goes on completing the writes orbax gave
+  up on, each into orbax's closed event loop, during the save and after it: Python would
+  print every one as an unraisable traceback (dozens) around the run's one line. Those, and
+  only those, are dropped, from the first save on."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_late_completions", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_late_completions = True
+  sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _disk_errors(directory: pathlib.Path, doing: str) -> Iterator[None]:
+  _drop_late_completions()
   try:
     yield
   except Exception as e:  # orbax raises its own types around the OSError
@@ -196,6 +216,20 @@ class Checkpoints:
     # process that had trained before computed on overwritten parameters).
     return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state), \
         restored["record"]
+
+  def latest_record(self) -> dict[str, Any] | None:
+    """The record of the newest checkpoint whose record reads, without its arrays and before
+    any checksum is checked: what a resume compares its settings with before restoring."""
+    for epoch in epochs(self.directory):
+      try:
+        with _orbax_quiet():
+          record = self.manager.restore(epoch, args=ocp.args.Composite(
+              record=ocp.args.JsonRestore()))["record"]
+      except Exception:  # pylint: disable=broad-except  # damaged: restore_latest names it
+        continue
+      if isinstance(record, dict):
+        return record
+    return None
 
   def restore_latest(self, target: Any, log: Callable[[str], None] | None = None
                      ) -> tuple[int, Any, dict[str, Any]]:

@@ -119,6 +119,9 @@ def parse_flags(argv: list[str], doc: str = "", main_flags: tuple[str, ...] = ()
     raise  # unreachable: fail exits
   for name, why in config_lib.RETIRED.items():
     if name in flags.FLAGS and flags.FLAGS[name].present:
+      value = flags.FLAGS[name].value
+      if value not in config_lib.RETIRED_STRINGS.get(name, (value,)):  # e.g. --data_source=tfds
+        fail(f"--{name}={value} is gone: {why}; drop the flag")
       print(f"--{name} is gone: {why}; the flag is ignored", flush=True)
   if not flags.FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO

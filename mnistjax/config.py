@@ -47,7 +47,6 @@ class Config:
   dataset: str = _field("mnist", "mnist or fashion_mnist", _DATA)
   data_dir: str | None = _field(None, f"folder with the IDX files (default ${data.ENV_DATA_DIR})",
                                 _DATA)
-  data_source: str = _field("auto", "auto (folder, cache, download) or tfds", _DATA)
   normalization: str = _field("auto", "auto (the dataset's preset), estimate, or a preset: "
                               + ", ".join(data.NORMALIZATIONS), _DATA)
   train_limit: int = _field(0, "use only the first N training images (0 = all)", _DATA)
@@ -121,7 +120,6 @@ class Config:
     # A dataset given as arrays keeps its own name (train checks a name it must load).
     if not self.dataset.isidentifier():
       choose("dataset", self.dataset, data.DATASETS)
-    choose("data_source", self.data_source, data.DATA_SOURCES)
     choose("normalization", self.normalization, data.NORMALIZATION_CHOICES)
     if not models.is_path(self.optimizer):
       choose("optimizer", self.optimizer, step.OPTIMIZERS)
@@ -182,11 +180,16 @@ class Config:
 RESUME_MAY_CHANGE = ("epochs", "lr", "momentum", "nesterov", "weight_decay", "alpha", "eps",
                      "beta1", "beta2", "l2", "schedule", "warmup_epochs", "eval_batch_size",
                      "eval_train", "log_every", "epoch_loop", "devices", "checkpoint",
-                     "data_dir", "data_source", "verify_data")
+                     "data_dir", "verify_data")
 
 # Settings that earlier versions had, and why they are gone: a config.json that holds one still
 # loads and resumes, and its flag is accepted and ignored, so old runs and scripts keep working.
-RETIRED = {"autotune": "every layer uses its fixed rule"}
+RETIRED = {"autotune": "every layer uses its fixed rule",
+           "data_source": "the IDX files are read directly and checked against the published "
+                          "files' sha256 (tensorflow-datasets read the same files)"}
+# The retired flags that took a string, with the values that asked for what the program still
+# does (noted and ignored); any other value asked for something gone, and is refused.
+RETIRED_STRINGS = {"data_source": ("auto",)}
 
 
 def fields() -> tuple[dataclasses.Field, ...]:
@@ -255,7 +258,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     _DEFINE[_field_type(field)[0]](field.name, field.default, field.metadata["help"],
                                    flag_values=flag_values)
   for name, why in RETIRED.items():
-    flags.DEFINE_bool(name, None, f"gone ({why}); ignored", flag_values=flag_values)
+    define = flags.DEFINE_string if name in RETIRED_STRINGS else flags.DEFINE_bool
+    define(name, None, f"gone ({why}); ignored", flag_values=flag_values)
 
 
 def flag_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:

@@ -4,8 +4,7 @@ Sources, in order: a directory named by `data_dir` or `$MNISTJAX_DATA_DIR`
 (authoritative: when it is set, nothing else is tried); the user cache
 (`$MNISTJAX_CACHE_DIR`, else `$XDG_CACHE_HOME/mnistjax`, else
 `~/.cache/mnistjax`); a download into that cache from the mirrors that
-tensorflow-datasets uses, checked against their sha256 and size. With
-`source="tfds"` the data comes through tensorflow-datasets instead.
+tensorflow-datasets uses, checked against their sha256 and size.
 
 Images stay uint8 (N x 28 x 28) in memory; `normalize` turns a batch into
 floats inside the jitted step.
@@ -18,12 +17,13 @@ import gzip
 import hashlib
 import os
 import pathlib
+import stat
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,6 @@ NORMALIZATIONS: dict[str, tuple[float, float]] = {
 }
 # Besides the presets: "auto" (the dataset's own preset) and "estimate" (from its train set).
 NORMALIZATION_CHOICES = ("auto", "estimate", *NORMALIZATIONS)
-DATA_SOURCES = ("auto", "tfds")
 
 _IDX_UBYTE = 0x08
 
@@ -266,8 +265,16 @@ def check_labels(labels: np.ndarray, num_classes: int | None, where: str) -> Non
 # IDX files
 
 
-def _open(path: pathlib.Path):
-  return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+def _read(path: pathlib.Path, fix: str) -> bytes:
+  """The (decompressed) bytes of a regular file. Opened without blocking and checked before
+  reading: a FIFO or a device in the file's place would block open() or read() forever."""
+  with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+    mode = os.fstat(f.fileno()).st_mode
+    if stat.S_ISDIR(mode):
+      raise DataError(f"{path} is a folder where the IDX file should be; {fix}")
+    if not stat.S_ISREG(mode):
+      raise DataError(f"{path} is not a regular file (a FIFO, socket or device); {fix}")
+    return gzip.GzipFile(fileobj=f).read() if path.suffix == ".gz" else f.read()
 
 
 def read_idx(path: str | os.PathLike, fix: str = "replace it with the original file",
@@ -276,14 +283,16 @@ def read_idx(path: str | os.PathLike, fix: str = "replace it with the original f
   size, and where given, the sha256 of its (decompressed) bytes. `fix` ends every error."""
   path = pathlib.Path(path)
   try:
-    with _open(path) as f:
-      raw = f.read()
+    raw = _read(path, fix)
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
   except (EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DataError(f"{path}: truncated or corrupt gzip file ({e}); {fix}") from None
   except IsADirectoryError:
     raise DataError(f"{path} is a folder where the IDX file should be; {fix}") from None
+  except PermissionError as e:
+    raise DataError(f"{path}: cannot read ({e.strerror}); make it readable (chmod a+r), or "
+                    "point --data_dir at a copy you can read") from None
   except OSError as e:
     raise DataError(f"{path}: cannot read ({e.strerror}); {fix}") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] not in (1, 3):
@@ -345,6 +354,17 @@ def read_split(images_path, labels_path, expected_count: int | None = None,
   return Split(images, labels)
 
 
+def fingerprint(split: Split) -> str:
+  """sha256 over a split's images and labels (shapes included): what a run trains on,
+  recorded with it so that a resume on other files is found (a few ms per 10 MB)."""
+  digest = hashlib.sha256()
+  for array in (split.images, split.labels):
+    array = np.ascontiguousarray(array)
+    digest.update(f"{array.dtype}{array.shape};".encode())
+    digest.update(array.data)
+  return digest.hexdigest()
+
+
 # ----------------------------------------------------------------------------
 # Where the files are
 
@@ -379,6 +399,21 @@ def _read_folder(folder: pathlib.Path, name: str, fix: str, verify: bool) -> tup
   return splits[0], splits[1]
 
 
+def _readable(directory: pathlib.Path, look: Callable[[], Any]) -> Any:
+  """look() (a question about directory), with a folder that can't be searched or a name
+  that is not UTF-8 (it would fail when printed) as one line naming the fix."""
+  try:
+    os.fsdecode(directory).encode("utf-8")
+  except UnicodeEncodeError:
+    raise DataError(f"{repr(os.fsencode(directory))[2:-1]}: the folder's name is not valid UTF-8; "
+                    "rename it, or give another --data_dir") from None
+  try:
+    return look()
+  except PermissionError as e:
+    raise DataError(f"{directory}: cannot read the folder ({e.strerror}); make it readable "
+                    "(chmod a+rx), or point --data_dir at a copy you can read") from None
+
+
 def cache_dir() -> pathlib.Path:
   """The user cache for downloads: $MNISTJAX_CACHE_DIR, $XDG_CACHE_HOME/mnistjax or ~/.cache/mnistjax."""
   if os.environ.get(ENV_CACHE_DIR):
@@ -391,7 +426,7 @@ def _file_list() -> str:
   return ", ".join(f"{images}.gz, {labels}.gz" for images, labels, _ in SPLITS.values())
 
 
-def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source: str = "auto",
+def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, *,
          download: bool = True, verify: bool = True) -> Dataset:
   """Loads a dataset as uint8 arrays.
 
@@ -399,8 +434,7 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source:
     name: "mnist" or "fashion_mnist".
     data_dir: folder with the four IDX files (in it or in `<data_dir>/<name>/`);
       defaults to $MNISTJAX_DATA_DIR. When given, it is the only place looked at.
-    source: "auto" (local folder, cache, download) or "tfds".
-    download: whether "auto" may download into the cache.
+    download: whether the data may be downloaded into the cache.
     verify: check each file's content against the published dataset's (sha256 of the
       decompressed bytes): another dataset's file, or a modified one, is an error.
 
@@ -411,25 +445,21 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, source:
     DataError: files missing, corrupt or inconsistent; the message names the fix.
   """
   _check_dataset(name)
-  if source not in DATA_SOURCES:
-    raise ConfigError(f"unknown data source {source!r}; choose one of: {', '.join(DATA_SOURCES)}")
   data_dir = data_dir or os.environ.get(ENV_DATA_DIR) or None
-  if source == "tfds":
-    return _load_tfds(name, data_dir)
   if data_dir is not None:
     directory = pathlib.Path(data_dir).expanduser()
-    if not directory.is_dir():
+    if not _readable(directory, directory.is_dir):
       raise DataError(f"data directory {directory} does not exist; point --data_dir or "
                       f"${ENV_DATA_DIR} at a folder holding the {name} IDX files "
                       f"({_file_list()}), in it or in a {name}/ subfolder")
-    folder = find_files(directory, name)
+    folder = _readable(directory, lambda: find_files(directory, name))
     if folder is None:
       raise DataError(f"no complete {name} dataset in {directory} or {directory / name}; "
                       f"expected {_file_list()} (.gz or uncompressed)")
     fix = "replace it with the original file"
     return Dataset(name, *_read_folder(folder, name, fix, verify), source=str(folder))
   folder = cache_dir() / name
-  if find_files(folder, name) is None:
+  if _readable(folder, lambda: find_files(folder, name)) is None:
     if not download:
       raise DataError(f"{name} is not in the cache {folder} and downloads are off; "
                       f"set ${ENV_DATA_DIR} to a folder holding {_file_list()}")
@@ -483,31 +513,6 @@ def download_dataset(name: str, folder: pathlib.Path, mirrors: tuple[str, ...] |
       raise DataError(
           f"cannot download {remote.name} ({'; '.join(errors)}); on a machine without internet, "
           f"copy {_file_list()} into a folder and set ${ENV_DATA_DIR}=FOLDER (or pass --data_dir)")
-
-
-def _load_tfds(name: str, data_dir) -> Dataset:
-  """Loads through tensorflow-datasets, offline from data_dir's .gz files when given."""
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise DataError("--data_source=tfds needs tensorflow-datasets: "
-                    "python -m pip install -e \".[tfds]\"") from None
-  try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    raise DataError("tensorflow-datasets needs TensorFlow to prepare MNIST (gzip, IDX and PNG go "
-                    "through tf): python -m pip install -e \".[tfds]\", or use the default "
-                    "--data_source=auto, which reads the IDX files directly") from None
-  manual_dir = None
-  if data_dir is not None:
-    manual_dir = find_files(pathlib.Path(data_dir).expanduser(), name)
-  config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
-  arrays = tfds.as_numpy(tfds.load(
-      name, split=["train", "test"], batch_size=-1, as_supervised=True,
-      data_dir=str(cache_dir() / "tfds"), download_and_prepare_kwargs={"download_config": config}))
-  train, test = (Split(images[..., 0].astype(np.uint8), labels.astype(np.uint8))
-                 for images, labels in arrays)
-  return Dataset(name, train, test, source="tfds")
 
 
 # ----------------------------------------------------------------------------

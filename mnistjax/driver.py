@@ -195,7 +195,7 @@ def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: f
       trainer.freeze(report.evaluation(records))  # a member whose evaluation is not finite
       history += report.epoch(records)
       if ckpt:
-        ckpt.save(epoch, trainer.members, {"epoch": epoch, "config": config.to_dict(),
+        ckpt.save(epoch, trainer.members, {"epoch": epoch, **_run_record(run),
                                            "examples_seen": trainer.examples_seen})
         out.replaced_done()
   except (NonFiniteLoss, WorkdirError) as e:  # say what is kept, and how to go on
@@ -364,6 +364,11 @@ class Run:
     """A plain run: one member, nothing swept (its records and lines carry no member)."""
     return _plain(self.group)
 
+  @functools.cached_property
+  def data_sha256(self) -> str:
+    """The fingerprint of the training data (data.fingerprint), recorded for --resume."""
+    return data.fingerprint(self.dataset.train)
+
   @property
   def per_member_data(self) -> bool:
     """Whether each member has its own data order: where the members' seeds differ (the seed
@@ -378,8 +383,7 @@ def setup(config: Config, dataset: data.Dataset | None = None,
   members of a validated config."""
   config.validate()
   if dataset is None:
-    dataset = data.load(config.dataset, config.data_dir, config.data_source,
-                        verify=config.verify_data)
+    dataset = data.load(config.dataset, config.data_dir, verify=config.verify_data)
   if config.train_limit or config.test_limit:
     dataset = dataclasses.replace(
         dataset, train=dataset.train.take(config.train_limit or len(dataset.train)),
@@ -420,21 +424,15 @@ class _Start:
 def _restore(run: Run, out: Workdir, fresh: step.Members, report: _Report
              ) -> tuple[step.Members, _Start]:
   """The members of the workdir's last checkpoint, with this config's hyperparameters; the
-  records past it dropped. Refuses a config or sweep that would mix two runs."""
-  saved = out.saved_config()
-  allowed, refused = run.config.resume_changes(saved.get("config", {}))
-  saved_axes = {k: list(v) for k, v in saved.get("sweep", {}).items()}
-  axes = {k: list(v) for k, v in run.axes.items()}
-  if saved_axes != axes:
-    refused["sweep"] = (saved_axes or "none", axes or "none")
-  if refused:
-    diff = ", ".join(f"{k} {_shown(a)} -> {_shown(b)}" for k, (a, b) in sorted(refused.items()))
-    raise WorkdirError(f"--resume: {out.path} holds a run with other settings ({diff}); "
-                       "those can't change when a run continues: give another --workdir, or "
-                       "--overwrite")
+  records past it dropped. Refuses a config, sweep or training data that would mix two runs."""
   ckpt = Checkpoints(out.path / CHECKPOINTS)
-  try:  # the newest intact checkpoint; those past it are named, and set aside
+  try:
+    # The checkpoint's own record of its run, over config.json (which may be gone or edited),
+    # before the arrays are read; then again the record of the checkpoint restored, which
+    # its checksum vouches for (the latest one's may be what was edited).
+    _check_resume(run, out, ckpt.latest_record() or {})
     epoch, restored, record = ckpt.restore_latest(fresh, report.log)
+    allowed = _check_resume(run, out, record)
   finally:
     ckpt.close()
   # Hyperparameters come from the config, also where the resumed run's flags changed them.
@@ -448,6 +446,37 @@ def _restore(run: Run, out: Workdir, fresh: step.Members, report: _Report
                                             for k, (a, b) in sorted(allowed.items()))
   return members, _Start(epoch, record["examples_seen"],
                          files.read_jsonl(out.path / "metrics.jsonl"), line)
+
+
+def _check_resume(run: Run, out: Workdir, record: dict[str, Any]) -> dict[str, tuple]:
+  """Raises WorkdirError (one line) where this run can't continue the one a checkpoint's record
+  describes (config.json fills in what an older record lacks); returns the changes allowed."""
+  saved = {**out.saved_config(), **record}
+  settings, sweep = saved.get("config"), saved.get("sweep")
+  allowed, refused = run.config.resume_changes(settings if isinstance(settings, dict) else {})
+  axes = {k: list(v) for k, v in run.axes.items()}
+  saved_axes = {k: list(v) for k, v in sweep.items()} if isinstance(sweep, dict) else axes
+  if saved_axes != axes:
+    refused["sweep"] = (saved_axes or "none", axes or "none")
+  if refused:
+    diff = ", ".join(f"{k} {_shown(a)} -> {_shown(b)}" for k, (a, b) in sorted(refused.items()))
+    raise WorkdirError(f"--resume: {out.path} holds a run with other settings ({diff}); "
+                       "those can't change when a run continues: give another --workdir, or "
+                       "--overwrite")
+  order = saved.get("sweep_order")
+  if isinstance(order, list) and sorted(order) == sorted(axes) and order != list(axes):
+    # The same axes in another order: the members' positions differ.
+    given = " ".join(f"--sweep={k}={','.join(map(str, saved_axes[k]))}" for k in order)
+    raise WorkdirError(f"--resume: {out.path} holds a sweep over {', '.join(order)} in that "
+                       f"order, which names and places its members; give it in that order: "
+                       f"{given}")
+  trained_on = saved.get("train_data_sha256")  # None: a run from before it was recorded
+  if trained_on is not None and trained_on != run.data_sha256:
+    raise WorkdirError(f"--resume: {out.path} was trained on other data than the files in "
+                       f"{run.dataset.source} (the sha256 of the training images and labels "
+                       "differs); resume on the files it was trained on (--data_dir), or start "
+                       "again with --overwrite")
+  return allowed
 
 
 def _write_config(out: Workdir, run: Run, num_params: int) -> None:
@@ -466,6 +495,7 @@ def _write_config(out: Workdir, run: Run, num_params: int) -> None:
                 "metrics": [name for name, _ in run.parts.metrics if name != "objective"]},
       "sweep": {k: list(v) for k, v in run.axes.items()},
       "sweep_order": list(run.axes),  # JSON sorts keys; the order names the members
+      "train_data_sha256": run.data_sha256,  # as every checkpoint's record (_run_record)
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "argv": sys.argv})
 
@@ -483,6 +513,15 @@ def _json_value(value):
 
 def _name_of(fn) -> str | None:
   return None if fn is None else getattr(fn, "__qualname__", repr(fn))
+
+
+def _run_record(run: Run) -> dict[str, Any]:
+  """What config.json and every checkpoint's record say of the run, for a resume to check:
+  its settings, its members and the data it trains on."""
+  return {"config": run.config.to_dict(),
+          "sweep": {k: list(v) for k, v in run.axes.items()},
+          "sweep_order": list(run.axes),  # JSON sorts keys; the order names the members
+          "train_data_sha256": run.data_sha256}
 
 
 def _first_line(run: Run, num_params: int) -> str:
@@ -1063,13 +1102,25 @@ class _StopRequest:
 
   def __init__(self):
     self.requested = None  # the signal's number
+    self.lost = None  # a second signal Python could not raise where it landed
     self._previous = {}
+    self._unraisable = sys.unraisablehook
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       for signum in self.SIGNALS:
         self._previous[signum] = signal.signal(signum, self._handle)
+      sys.unraisablehook = self._keep_lost
     return self
+
+  def _keep_lost(self, unraisable):
+    """A second signal that lands in a garbage-collection or weakref callback (often while
+    the figures are drawn) can't be raised there: Python would print it as "Exception
+    ignored" and go on. It is kept instead, and raised on leaving."""
+    if self._previous and isinstance(unraisable.exc_value, errors.Signal):
+      self.lost = unraisable.exc_value.signum
+    else:
+      self._unraisable(unraisable)
 
   def _handle(self, signum, frame):
     if self.requested is not None:
@@ -1080,9 +1131,14 @@ class _StopRequest:
     if self.requested is not None:
       raise errors.Signal(self.requested)
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *exc):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
+    self._previous = {}
+    if sys.unraisablehook == self._keep_lost:  # else a hook set since wraps it: it passes on
+      sys.unraisablehook = self._unraisable
+    if self.lost is not None and exc_type is None:
+      raise errors.Signal(self.lost)
 
 
 def _shown(value) -> str:

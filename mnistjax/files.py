@@ -62,6 +62,11 @@ def os_errors(path: pathlib.Path, doing: str) -> Iterator[None]:
 def make_folder(path: str | os.PathLike) -> pathlib.Path:
   """The folder at path, created if need be; a WorkdirError (one line) where it can't be."""
   path = pathlib.Path(path).expanduser().absolute()
+  try:  # a name Python took in with surrogateescape would fail in every line that prints it
+    str(path).encode("utf-8")
+  except UnicodeEncodeError:
+    raise WorkdirError(f"--workdir={repr(os.fsencode(path))[2:-1]}: the name is not valid "
+                       "UTF-8; give a folder name in UTF-8") from None
   if path.exists() and not path.is_dir():
     raise WorkdirError(f"--workdir={path} is a file, not a folder; give a folder")
   with os_errors(path, "creating the run's folder"):
@@ -120,6 +125,9 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
   """The records of a .jsonl file; a last line cut short (a crash, a full disk) is dropped."""
   if not path.exists():
     return []
+  if not path.is_file():  # a FIFO or a device would block the read forever
+    raise WorkdirError(f"{path} is not a regular file; remove it, or start the run again "
+                       "with --overwrite")
   lines = path.read_text().split("\n")
   records = []
   for i, line in enumerate(lines):

@@ -214,10 +214,9 @@ def measure(name: str, seeds: tuple[int, ...], workdir: pathlib.Path, datasets: 
   test_examples = 0
   for run in study_runs(name, seeds, quick, changes):
     config = run.config
-    key = (config.dataset, config.data_dir, config.data_source, config.verify_data)
+    key = (config.dataset, config.data_dir, config.verify_data)
     if key not in datasets:
-      datasets[key] = data.load(config.dataset, config.data_dir, config.data_source,
-                                verify=config.verify_data)
+      datasets[key] = data.load(config.dataset, config.data_dir, verify=config.verify_data)
     log(f"  {name} / {run.name}: {math.prod(len(v) for v in run.axes.values())} member(s) in "
         f"one program, in {workdir / run.name}")
     result = _train_or_load(config, run.axes, workdir / run.name, datasets[key], log)

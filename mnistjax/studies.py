@@ -28,7 +28,7 @@ import pathlib
 from typing import Any
 
 from mnistjax import data, driver
-from mnistjax.config import SWEEPABLE, Config, settings_name
+from mnistjax.config import RETIRED, SWEEPABLE, Config, settings_name
 from mnistjax.errors import ConfigError
 from mnistjax.files import make_folder, write_json
 from mnistjax.workdir import Workdir
@@ -348,7 +348,7 @@ def run_study(name: str, overrides: dict[str, Any] | None = None, workdir: str |
       + (f"one sweep over {', '.join(axes)}" if axes else f"{len(study_runs)} run(s)"))
   folder = make_folder(workdir) if workdir is not None else None  # before the data
   first = study_runs[0].config
-  dataset = data.load(first.dataset, first.data_dir, first.data_source, verify=first.verify_data)
+  dataset = data.load(first.dataset, first.data_dir, verify=first.verify_data)
   rows = []
   for run in study_runs:
     log(f"--- {name} / {run.name}")
@@ -396,7 +396,10 @@ def _finished(folder: str, run: Run) -> dict[str, Any] | None:
   if not isinstance(saved, dict) or not isinstance(summary, dict):
     return None
   axes = {k: list(v) for k, v in (run.axes or {}).items()}
-  same = (saved.get("config") == run.config.to_dict() and saved.get("sweep") == axes
+  settings = saved.get("config")  # a retired setting (data_source) changed nothing
+  settings = {k: v for k, v in settings.items() if k not in RETIRED} if isinstance(
+      settings, dict) else settings
+  same = (settings == run.config.to_dict() and saved.get("sweep") == axes
           and saved.get("sweep_order", list(axes)) == list(axes))
   return summary if same else None
 

@@ -32,6 +32,7 @@ RESULTS = ("config.json", "metrics.jsonl", "train_log.jsonl", "log.txt", "summar
            "sweep_curves.png", "study.json")
 CHECKPOINTS = "checkpoints"
 REPLACED = ".replaced"
+REPLACING = ".replacing"  # an earlier run's files while they move into .replaced/
 LOCK = ".lock"
 
 
@@ -85,8 +86,8 @@ class Workdir:
     self.close()
 
   def holds_run(self) -> bool:
-    """Whether the folder holds files of a run."""
-    return any((self.path / name).exists() for name in (*RESULTS, CHECKPOINTS))
+    """Whether the folder holds files of a run (some maybe in a move aside cut short)."""
+    return any((self.path / name).exists() for name in (*RESULTS, CHECKPOINTS, REPLACING))
 
   def has_checkpoint(self) -> bool:
     folder = self.path / CHECKPOINTS
@@ -111,21 +112,41 @@ class Workdir:
 
   def _move_aside(self) -> None:
     """Moves an earlier run's files into .replaced/, where they stay until this run has a
-    checkpoint of its own (`replaced_done`). Where .replaced/ is already there, the files
-    beside it are those of a run that never got that far: they hold no checkpoint."""
-    replaced = self.path / REPLACED
+    checkpoint of its own (`replaced_done`). They go into .replacing/ first, which becomes
+    .replaced/ in one rename once all are there: a move cut short by an error is undone, and
+    one cut short by a kill is finished by the next --overwrite, never taken for a run
+    without checkpoints."""
+    replaced, replacing = self.path / REPLACED, self.path / REPLACING
     with files.os_errors(self.path, "moving the earlier run aside"):
-      if replaced.exists():
-        for name in (*RESULTS, CHECKPOINTS):
-          target = self.path / name
-          shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        return
+      if replaced.exists() and not replacing.exists():
+        if not self.has_checkpoint():  # beside it: a run that never got a checkpoint
+          for name in (*RESULTS, CHECKPOINTS):
+            target = self.path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+          return
+        # A checkpoint beside it: a later run's, whose replaced_done was cut short.
+        shutil.rmtree(replaced)
       if not self.holds_run():
         return
-      replaced.mkdir()
-      for name in (*RESULTS, CHECKPOINTS):
-        if (self.path / name).exists():
-          os.replace(self.path / name, replaced / name)
+      replacing.mkdir(exist_ok=True)
+      try:
+        for name in (*RESULTS, CHECKPOINTS):
+          if (self.path / name).exists():
+            os.replace(self.path / name, replacing / name)
+      except OSError:
+        self._move_back(replacing)
+        raise
+      os.replace(replacing, replaced)
+
+  def _move_back(self, replacing: pathlib.Path) -> None:
+    """Undoes a move aside that failed part way, as far as it can (what stays in .replacing/
+    is moved on by the next --overwrite)."""
+    for path in replacing.iterdir():
+      try:
+        os.replace(path, self.path / path.name)
+      except OSError:
+        return
+    replacing.rmdir()
 
   def replaced_done(self) -> None:
     """This run has a checkpoint (or finished): the files it replaced can go."""
@@ -156,7 +177,9 @@ class Workdir:
 
   def saved_config(self) -> dict[str, Any]:
     """config.json as the run before this one wrote it ({} where there is none)."""
-    try:
-      return json.loads((self.path / "config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    path = self.path / "config.json"
+    try:  # not a regular file (a FIFO would block the read): none (each checkpoint has its own)
+      saved = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):  # gone, unreadable, not JSON or not UTF-8
       return {}
+    return saved if isinstance(saved, dict) else {}

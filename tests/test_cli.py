@@ -256,6 +256,18 @@ def test_the_retired_autotune_flag_and_setting_are_ignored(mnist, tmp_path):
   assert listed.returncode == 0 and listed.stdout.splitlines()[0] == RETIRED_NOTE
 
 
+def test_the_retired_data_source_flag_notes_auto_and_refuses_tfds():
+  """--data_source=auto asked for what the program still does; tfds for a source that is
+  gone."""
+  noted = run("--data_source=auto", "--list")
+  assert noted.returncode == 0, noted.stderr
+  assert noted.stdout.splitlines()[0].startswith("--data_source is gone: the IDX files are "
+                                                 "read directly")
+  assert_one_line_error(run("--data_source=tfds", "--list"),
+                        "--data_source=tfds is gone: the IDX files are read directly",
+                        "drop the flag")
+
+
 def test_two_runs_started_together_on_one_workdir(mnist, tmp_path):
   args = [sys.executable, str(ROOT / "experiments" / "run.py"), *SMALL, "--epochs=2",
           f"--workdir={tmp_path}"]
@@ -303,6 +315,50 @@ def test_a_run_killed_inside_a_checkpoint_save_resumes_bit_for_bit(mnist, tmp_pa
                                                                    again.history)]
 
 
+def test_overwrite_keeps_the_earlier_checkpoints_through_a_failed_move_and_a_kill(
+    mnist, tmp_path, monkeypatch):
+  assert run(*SMALL, "--epochs=1", "--lr=0.02", f"--workdir={tmp_path}").returncode == 0
+
+  def earlier_checkpoints() -> list[pathlib.Path]:
+    return [p for p in tmp_path.rglob("checkpoints/1") if json.loads(
+        (p / "record" / "metadata").read_text())["config"]["lr"] == 0.02]  # orbax's record
+
+  # A first --overwrite fails while moving the earlier run aside (permission denied; patched,
+  # since tests may run as root, whom no permission stops).
+  from conftest import quiet, synthetic  # pylint: disable=g-import-not-at-top
+  from mnistjax import config as config_lib, driver  # pylint: disable=g-import-not-at-top
+  from mnistjax.errors import WorkdirError  # pylint: disable=g-import-not-at-top
+  real_replace = os.replace
+
+  def denied(src, dst):
+    if pathlib.Path(src).name == "checkpoints":
+      raise PermissionError(13, "Permission denied")
+    real_replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", denied)
+  with pytest.raises(WorkdirError, match="Permission denied while moving the earlier run aside"):
+    driver.train(config_lib.Config(epochs=1), None, str(tmp_path), synthetic(), overwrite=True,
+                 **quiet())
+  monkeypatch.setattr(os, "replace", real_replace)
+  assert len(earlier_checkpoints()) == 1
+  # A second --overwrite, killed with kill -9 before its first checkpoint.
+  proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "run.py"),
+                           "--train_limit=60000", "--test_limit=100", "--eval_train=false",
+                           "--epochs=1", f"--workdir={tmp_path}", "--overwrite"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+  deadline = time.time() + 120
+  while time.time() < deadline and not ((tmp_path / ".replaced").exists() and
+                                        (tmp_path / "metrics.jsonl").exists()):
+    time.sleep(0.05)  # the new run's epoch 0, once the earlier run is aside
+  proc.kill()
+  proc.wait(timeout=60)
+  assert not (tmp_path / "checkpoints" / "1").exists(), "the new run had its checkpoint first"
+  assert len(earlier_checkpoints()) == 1
+  again = run(*SMALL, "--epochs=1", f"--workdir={tmp_path}", "--overwrite")
+  assert again.returncode == 0, again.stderr
+  assert not earlier_checkpoints() and (tmp_path / "checkpoints" / "1").is_dir()
+
+
 def test_a_full_disk_is_one_line_and_leaves_every_record_readable(mnist, tmp_path):
   disk = tmp_path / "disk"
   if not _mount_tmpfs(disk, "size=3m"):  # LeNet's first checkpoint (~5 MB) does not fit
@@ -318,6 +374,22 @@ def test_a_full_disk_is_one_line_and_leaves_every_record_readable(mnist, tmp_pat
     again = run(*SMALL, "--epochs=2", f"--workdir={disk / 'run'}", "--overwrite")
     assert again.returncode == 0, again.stderr
     assert [r["epoch"] for r in files.read_jsonl(disk / "run" / "metrics.jsonl")] == [0, 1, 2]
+  finally:
+    _umount(disk)
+
+
+def test_a_disk_that_fills_inside_a_checkpoint_save_is_one_line(mnist, tmp_path):
+  disk = tmp_path / "disk"
+  if not _mount_tmpfs(disk, "size=4m"):  # room for the first checkpoint, not the second
+    pytest.skip("cannot mount a tmpfs here (the injected-ENOSPC tests in test_workdir.py run)")
+  try:
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "full_disk_worker.py"),
+                             *SMALL, "--epochs=3", f"--workdir={disk / 'run'}"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert ("No space left on device while saving the checkpoint of epoch 2" in result.stderr
+            and "the checkpoint of epoch 1 and the metrics up to it are in" in result.stderr)
   finally:
     _umount(disk)
 

@@ -7,8 +7,10 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
+import os
 import pathlib
-import sys
+import re
 import threading
 
 import jax
@@ -147,10 +149,76 @@ def test_offline_without_data_says_where_to_put_files(tmp_path, monkeypatch):
   assert not list((tmp_path / "mnist").glob("*")), "a failed download left a file behind"
 
 
-def test_tfds_source_without_tensorflow_datasets_says_how_to_install(monkeypatch):
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
-  with pytest.raises(DataError, match=r"needs tensorflow-datasets: .*\.\[tfds\]"):
-    data.load("mnist", source="tfds")
+def test_a_run_saved_with_the_retired_data_source_setting_loads_and_resumes(tmp_path):
+  # Versions with --data_source wrote it into config.json and each checkpoint's record.
+  from conftest import quiet, synthetic  # pylint: disable=g-import-not-at-top
+  import mnistjax  # pylint: disable=g-import-not-at-top
+  from mnistjax import config as config_lib, driver, files  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.Config(epochs=1, batch_size=32, eval_train=False, log_every=4)
+  driver.train(cfg, None, str(tmp_path), synthetic(), **quiet())
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert "data_source" not in saved["config"]
+  saved["config"]["data_source"] = "tfds"
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert mnistjax.load(tmp_path).config.epochs == 1
+  driver.train(cfg.replace(epochs=2), None, str(tmp_path), synthetic(), resume=True, **quiet())
+  assert [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+  with pytest.raises(TypeError):
+    data.load("mnist", None, "tfds")  # the source argument is gone too
+
+
+def test_a_fifo_in_place_of_a_data_file_is_refused_without_blocking(tmp_path):
+  write_dataset(tmp_path, n_train=64, n_test=16)
+  images = tmp_path / "train-images-idx3-ubyte.gz"  # the first file read
+  images.unlink()
+  os.mkfifo(images)  # open() or read() of it would wait for a writer forever
+  done = []
+  reader = threading.Thread(target=lambda: done.append(_error(
+      lambda: data.load("mnist", data_dir=tmp_path, verify=False))), daemon=True)
+  reader.start()
+  reader.join(timeout=30)
+  assert done, "reading a FIFO blocked"
+  assert re.fullmatch(rf"{images} is not a regular file \(a FIFO, socket or device\); "
+                      r"replace it with the original file", done[0])
+
+
+def _error(load) -> str:
+  with pytest.raises(DataError) as e:
+    load()
+  return str(e.value)
+
+
+@pytest.mark.parametrize("locked", ["folder", "subfolder", "file"])
+def test_a_data_folder_or_file_without_read_permission_is_one_line(tmp_path, monkeypatch,
+                                                                   locked):
+  write_dataset(tmp_path / "mnist", n_train=64, n_test=16)
+  path = {"folder": tmp_path, "subfolder": tmp_path / "mnist",
+          "file": tmp_path / "mnist" / "train-images-idx3-ubyte.gz"}[locked]
+  # Denied as the kernel denies a user without permission (tests may run as root).
+  real_stat, real_open = os.stat, os.open
+
+  def denied(real):
+    def call(target, *args, **kwargs):
+      if str(target).startswith(str(path)) and (locked == "file" or str(target) != str(path)):
+        raise PermissionError(13, "Permission denied", str(target))
+      return real(target, *args, **kwargs)
+    return call
+
+  if locked == "file":
+    monkeypatch.setattr(os, "open", denied(real_open))
+  else:  # nothing in it can be looked up
+    monkeypatch.setattr(os, "stat", denied(real_stat))
+  message = _error(lambda: data.load("mnist", data_dir=tmp_path, verify=False))
+  fix = "(chmod a+r)" if locked == "file" else "(chmod a+rx)"
+  assert message.startswith(f"{path if locked == 'file' else tmp_path}: cannot read"), message
+  assert "Permission denied" in message and fix in message, message
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_one_line(tmp_path):
+  folder = tmp_path / os.fsdecode(b"data\xff")
+  write_dataset(folder, n_train=64, n_test=16)
+  assert _error(lambda: data.load("mnist", data_dir=folder, verify=False)).endswith(
+      "data\\xff: the folder's name is not valid UTF-8; rename it, or give another --data_dir")
 
 
 def test_the_files_of_another_dataset_are_named_as_such(mnist):

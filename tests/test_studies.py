@@ -157,3 +157,15 @@ def test_a_study_interrupted_in_its_second_run_resumes_where_it_stopped(tmp_path
       {k: r[k] for k in numbers} for r in straight]
   tanh = files.read_jsonl(tmp_path / "b" / "activation=tanh" / "metrics.jsonl")
   assert [r["epoch"] for r in tanh] == [0, 1, 2]
+
+
+def test_a_finished_study_run_saved_with_a_retired_setting_is_kept_on_resume(tmp_path):
+  small = {"epochs": 1, "train_limit": 256, "test_limit": 100, "verify_data": False,
+           "data_dir": str(write_dataset(tmp_path / "data", gz=False))}
+  mnistjax.run_study("s4_adam", small, str(tmp_path / "s"), log=lambda _: None)
+  saved = json.loads((tmp_path / "s" / "config.json").read_text())
+  saved["config"]["data_source"] = "auto"  # as versions with --data_source wrote it
+  (tmp_path / "s" / "config.json").write_text(json.dumps(saved))
+  lines = []
+  mnistjax.run_study("s4_adam", small, str(tmp_path / "s"), resume=True, log=lines.append)
+  assert any("finished earlier" in line for line in lines), lines

@@ -8,14 +8,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
+import threading
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import quiet, synthetic
-from mnistjax import checkpoint, config as config_lib, driver, files, step, workdir
+from mnistjax import checkpoint, config as config_lib, data, driver, files, step, workdir
 from mnistjax.errors import ConfigError, Interrupted, NonFiniteLoss, WorkdirError
 
 CFG = config_lib.Config(epochs=1, batch_size=32, eval_train=False, log_every=2)
@@ -70,6 +72,25 @@ def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_a_checkpoint(tm
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
   assert json.loads((tmp_path / "config.json").read_text())["config"]["lr"] == 0.01
   assert _epochs(tmp_path) == [0, 1]
+
+
+def test_a_move_aside_cut_short_by_a_kill_is_finished_by_the_next_overwrite(tmp_path,
+                                                                           monkeypatch):
+  _run(tmp_path, CFG.replace(lr=0.02))
+  replacing = tmp_path / workdir.REPLACING  # as a kill -9 inside the move leaves it
+  replacing.mkdir()
+  for name in ("config.json", "metrics.jsonl"):
+    os.replace(tmp_path / name, replacing / name)
+  with pytest.raises(WorkdirError, match="holds an earlier run"):
+    _run(tmp_path)
+  monkeypatch.setattr(driver, "_evaluate", lambda *a, **k: (_ for _ in ()).throw(
+      KeyboardInterrupt))
+  with pytest.raises(Interrupted):
+    _run(tmp_path, overwrite=True)
+  old = tmp_path / workdir.REPLACED
+  assert not replacing.exists() and (old / "checkpoints" / "1").is_dir()
+  assert json.loads((old / "config.json").read_text())["config"]["lr"] == 0.02
+  assert _epochs(old) == [0, 1]
 
 
 # 2. --resume never deletes anything, and says when there is nothing to resume.
@@ -209,6 +230,133 @@ def test_resume_refuses_other_sweep_members_and_logs_allowed_changes(tmp_path):
                synthetic(), resume=True, log=lines.append)
   assert any(line.startswith("resumed from the checkpoint of epoch 1") and
              "changed since: epochs 1 -> 2, momentum 0.5 -> 0.9" in line for line in lines)
+
+
+def test_resume_refuses_the_same_sweep_axes_in_another_order(tmp_path):
+  # The axes' order places the members (seed-major or lr-major): resumed in another order,
+  # each member would continue from another member's state.
+  _run(tmp_path, sweep={"seed": (1, 2), "lr": (0.01, 0.02)})
+  with pytest.raises(WorkdirError, match=r"holds a sweep over seed, lr in that order, .*give "
+                     r"it in that order: --sweep=seed=1,2 --sweep=lr=0.01,0.02$"):
+    _run(tmp_path, CFG.replace(epochs=2), sweep={"lr": (0.01, 0.02), "seed": (1, 2)},
+         resume=True)
+  assert _epochs(tmp_path) == [0] * 4 + [1] * 4
+  _run(tmp_path, CFG.replace(epochs=2), sweep={"seed": (1, 2), "lr": (0.01, 0.02)}, resume=True)
+  assert _epochs(tmp_path) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+@pytest.mark.parametrize("damage", ["deleted", "invalid", "a list", "seed edited"])
+@pytest.mark.parametrize("change,message", [(dict(seed=7), r"seed 1 -> 7"),
+                                            (dict(batch_size=16), r"batch_size 32 -> 16")])
+def test_resume_checks_the_checkpoints_own_record_not_only_config_json(tmp_path, damage,
+                                                                       change, message):
+  _run(tmp_path)
+  saved = tmp_path / "config.json"
+  if damage == "deleted":
+    saved.unlink()
+  elif damage == "invalid":
+    saved.write_bytes(b"{\xff not json")
+  elif damage == "a list":
+    saved.write_text("[]")
+  else:  # edited to agree with the resumed run's flags
+    edited = json.loads(saved.read_text())
+    edited["config"].update(change)
+    saved.write_text(json.dumps(edited))
+  with pytest.raises(WorkdirError, match=r"--resume: .* holds a run with other settings \("
+                     + message + r"\)"):
+    _run(tmp_path, CFG.replace(epochs=2, **change), resume=True)
+  assert _epochs(tmp_path) == [0, 1]
+  _run(tmp_path, CFG.replace(epochs=2), resume=True)  # its own settings continue it
+  assert _epochs(tmp_path) == [0, 1, 2]
+
+
+def _other_data():
+  ds = synthetic()
+  images = ds.train.images.copy()
+  images[0, 0, 0] ^= 1  # one pixel
+  return data.Dataset(ds.name, data.Split(images, ds.train.labels), ds.test, "elsewhere")
+
+
+def test_resume_refuses_other_training_data(tmp_path):
+  _run(tmp_path)
+  assert json.loads((tmp_path / "config.json").read_text())["train_data_sha256"] == \
+      data.fingerprint(synthetic().train)
+  with pytest.raises(WorkdirError, match=r"--resume: .* was trained on other data than the "
+                     r"files in elsewhere \(the sha256 of the training images and labels "
+                     r"differs\); resume on the files it was trained on \(--data_dir\), or "
+                     r"start again with --overwrite"):
+    driver.train(CFG.replace(epochs=2), None, str(tmp_path), _other_data(), resume=True,
+                 **quiet())
+  (tmp_path / "config.json").unlink()  # the checkpoint's record holds it too
+  with pytest.raises(WorkdirError, match=r"was trained on other data"):
+    driver.train(CFG.replace(epochs=2), None, str(tmp_path), _other_data(), resume=True,
+                 **quiet())
+  assert _epochs(tmp_path) == [0, 1]
+
+
+def test_a_run_from_before_data_fingerprints_resumes_on_its_files(tmp_path, monkeypatch):
+  record = driver._run_record  # pylint: disable=protected-access
+  monkeypatch.setattr(driver, "_run_record", lambda run: {
+      k: v for k, v in record(run).items() if k != "train_data_sha256"})
+  _run(tmp_path)
+  monkeypatch.setattr(driver, "_run_record", record)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["train_data_sha256"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  driver.train(CFG.replace(epochs=2), None, str(tmp_path), _other_data(), resume=True,
+               **quiet())  # trusted: nothing to compare with
+  assert _epochs(tmp_path) == [0, 1, 2]
+
+
+def test_a_workdir_whose_name_is_not_utf8_is_one_line(tmp_path):
+  # As Python takes in --workdir=$'/tmp/x\xff' (surrogateescape): every line that printed it
+  # would fail.
+  with pytest.raises(WorkdirError, match=r"--workdir=.*/x\\xff: the name is not valid UTF-8; "
+                     r"give a folder name in UTF-8$"):
+    _run(tmp_path / os.fsdecode(b"x\xff"))
+  assert not list(tmp_path.iterdir())
+
+
+def test_a_second_ctrl_c_lost_in_a_gc_callback_during_the_figures_still_stops(
+    tmp_path, monkeypatch, capfd):
+  # Python runs a signal's handler wherever the main thread is; inside a garbage-collection
+  # or weakref callback (matplotlib makes many) the raised exception is "ignored": printed
+  # as a traceback, and the run went on as if the second Ctrl-C had not come.
+  from mnistjax import errors, plots  # pylint: disable=g-import-not-at-top
+  error_curves = plots.error_curves
+
+  class Callback:
+    def __del__(self):
+      raise errors.Signal(signal.SIGINT)
+
+  def figure_hit_by_ctrl_c(*args, **kwargs):
+    Callback()  # collected at once: its exception can't propagate
+    return error_curves(*args, **kwargs)
+
+  monkeypatch.setattr(plots, "error_curves", figure_hit_by_ctrl_c)
+  with pytest.raises(Interrupted, match=r"^interrupted; the checkpoint of epoch 1 and the "
+                     r"metrics up to it are in .*: continue with --resume$"):
+    _run(tmp_path)
+  assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_fifos_in_place_of_a_runs_records_never_block_a_resume(tmp_path):
+  _run(tmp_path)
+  for name in ("config.json", "metrics.jsonl"):
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)  # reading one would wait for a writer forever
+  done = []
+
+  def resume():
+    with pytest.raises(WorkdirError) as e:
+      _run(tmp_path, CFG.replace(epochs=2), resume=True)
+    done.append(str(e.value))
+
+  thread = threading.Thread(target=resume, daemon=True)
+  thread.start()
+  thread.join(timeout=120)
+  assert done and done[0].startswith(f"{tmp_path / 'metrics.jsonl'} is not a regular file; "
+                                     "remove it, or start the run again with --overwrite")
 
 
 # 7. Disk full, torn lines.
