@@ -344,7 +344,7 @@ class Run:
   def net(self) -> step.Model:
     """The model as the steps use it."""
     return step.Model(self.model, self.norm, models.takes_mask(self.model), self.parts.loss,
-                      self.parts.metrics)
+                      self.parts.metrics, any(m.config.l2 for m in self.group))
 
   def member_nets(self) -> list[step.Model] | None:
     """Per member, its own model where each has its own static dropout rate (a swept
@@ -777,13 +777,17 @@ def _windowed(one):
 
 
 def _window(run: Run, pad: bool) -> int:
-  """Batches per call of the CPU step: WINDOW_STEPS for the built-in models; one for a model
-  of yours (flax's nn.Conv, lax.conv, trains several times slower inside a lax.scan on
-  XLA:CPU, jax-ml/jax#12868: benchmarks/own_model.py), a data-parallel run (its batches are
-  placed per call) and an epoch that ends on a smaller batch."""
-  if run.dp or not pad or not models.traced_dropout(run.model):
+  """Batches per call of the CPU step: WINDOW_STEPS, but one for a model of yours that
+  convolves (flax's nn.Conv, lax.conv, trains many times slower inside a lax.scan on XLA:CPU,
+  jax-ml/jax#12868; the built-in models convolve as matmuls in training), a data-parallel run
+  (its batches are placed per call) and an epoch that ends on a smaller batch
+  (benchmarks/own_model.py; docs/performance.md, "A model of your own")."""
+  if run.dp or not pad:
     return 1
-  return WINDOW_STEPS
+  if models.traced_dropout(run.model) or not models.convolves(run.model,
+                                                             run.dataset.image_shape):
+    return WINDOW_STEPS
+  return 1
 
 
 def _member_step(carry, batch, key, *, model, tx):

@@ -266,6 +266,14 @@ def check(model: nn.Module, image_shape: tuple[int, ...], num_classes: int) -> N
                       f"give logits of shape (2, {num_classes}): one per class")
 
 
+def convolves(model: nn.Module, image_shape: tuple[int, ...]) -> bool:
+  """Whether the model runs a lax.conv (flax's nn.Conv does): traced, not run."""
+  variables = jax.eval_shape(lambda: init(model, jax.random.key(0), image_shape))
+  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, **mode(model, False)))(
+      variables, jax.ShapeDtypeStruct((1, *image_shape), jnp.result_type(float)))
+  return "conv_general_dilated" in str(jaxpr)
+
+
 def init(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...] = (28, 28, 1),
          batch_size: int = 1) -> dict:
   """Initial variables ({"params": ..., and "batch_stats" where the model has BatchNorm}).

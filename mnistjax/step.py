@@ -295,6 +295,7 @@ class Model:
   mask: bool = True
   loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None  # None: cross_entropy
   metrics: tuple[tuple[str, Callable], ...] = ()
+  l2: bool = True  # whether a member has an L2 term (state.l2); else the step computes none
 
   def apply(self, variables_, batch: Batch, train: bool, **kwargs):
     """The module's output (logits) for a batch of stored images."""
@@ -327,7 +328,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: Model,
                                   rngs={"dropout": step_key}, mutable=["batch_stats"])
     per_example = (cross_entropy if model.loss is None else model.loss)(logits, labels)
     data_loss = mean(per_example)
-    loss = data_loss + l2_penalty(params, state.l2, count)
+    loss = data_loss + l2_penalty(params, state.l2, count) if model.l2 else data_loss
     return loss, (data_loss, logits, updates.get("batch_stats", {}))
 
   (loss, (data_loss, logits, batch_stats)), grads = jax.value_and_grad(
@@ -357,9 +358,7 @@ def member_step(state: TrainState, alive: jax.Array, batch: Batch, key: jax.Arra
   finite = (jnp.isfinite(metrics["loss"]) & _all_finite(new.params)
             & _all_finite(new.batch_stats))
   alive = alive & (finite | ~active)
-  # A cond, not a select of every array: the step pays no second pass over the state
-  # (benchmarks/own_model.py).
-  new = jax.lax.cond(alive & active, lambda: new, lambda: state)
+  new = jax.tree.map(lambda n, o: jnp.where(alive & active, n, o), new, state)
   return new, alive, metrics
 
 

@@ -95,7 +95,7 @@ def test_sweep_times_both_ways_of_stepping_members_against_single_steps():
 
 
 def test_own_model_times_the_engine_against_a_plain_jit_loop(mnist):
-  lines = script("own_model.py", "--rounds=1", "--epochs=1", "--train_examples=256",
+  lines = script("own_model.py", "--rounds=1", "--epochs=2", "--train_examples=256",
                  "--models=mlp")
   assert "cores" in lines[0] and lines[1].startswith("mlp ")
   plain, engine = (float(lines[1].split(label)[1].split()[0])
