@@ -118,7 +118,7 @@ class Config:
     if not models.is_path(self.model):  # an import path is imported where the run builds it
       choose("model", self.model, models.MODELS)
     # A dataset given as arrays keeps its own name (train checks a name it must load).
-    if not self.dataset.isidentifier():
+    if self.dataset not in data.DATASETS and not data.plain_name(self.dataset):
       choose("dataset", self.dataset, data.DATASETS)
     choose("normalization", self.normalization, data.NORMALIZATION_CHOICES)
     if not models.is_path(self.optimizer):

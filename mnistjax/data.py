@@ -206,7 +206,7 @@ def from_arrays(train_images, train_labels, test_images, test_labels, *,
     elif not np.all(np.isfinite(images)):
       raise DataError(f"{split} images: NaN or infinite pixels at example "
                       f"{int(np.argmin(np.isfinite(images).reshape(len(images), -1).all(1)))}")
-    splits.append(Split(images, labels))
+    splits.append(Split(images, labels.astype(np.int32)))  # one dtype: one fingerprint
   train, test = splits
   if train.images.shape[1:] != test.images.shape[1:]:
     raise DataError(f"train images are {train.images.shape[1:]} but test images "
@@ -214,6 +214,8 @@ def from_arrays(train_images, train_labels, test_images, test_labels, *,
   if train.images.dtype != test.images.dtype:
     raise DataError(f"train images are {train.images.dtype} but test images "
                     f"{test.images.dtype}; give both splits the same dtype")
+  if not (isinstance(name, str) and plain_name(name)):
+    raise DataError(f"from_arrays(name={name!r}): give a plain name, e.g. 'kmnist'")
   value_range = _value_range(train, test, value_range)
   classes = None if class_names is None else tuple(str(c) for c in class_names)
   for split, s in (("train", train), ("test", test)):
@@ -246,6 +248,27 @@ def _value_range(train: Split, test: Split, given) -> tuple[float, float]:
   raise DataError(f"float pixels in [{low:g}, {high:g}]: not [0, 1] or [0, 255]; give "
                   "value_range=(black, white) (already standardised images: value_range="
                   f"({low:g}, {high:g}) and normalization='estimate')")
+
+
+def plain_name(name: str) -> bool:
+  """A dataset's name as a label (config.json, figures): no path in it."""
+  return bool(name) and not any(c in name for c in "/\\") and not name.startswith(".")
+
+
+def check_pixels(dataset: Dataset) -> None:
+  """Float images lie in the dataset's value_range (a Dataset built by hand keeps the uint8
+  range, (0, 255), where images in [0, 1] would train to chance on a preset)."""
+  low, high = dataset.value_range
+  for name in ("train", "test"):
+    images = getattr(dataset, name).images
+    if images.dtype == np.uint8 or not len(images):
+      continue
+    seen = (float(images.min()), float(images.max()))
+    if seen[0] < low or seen[1] > high or (high - low > 1 and seen[1] <= 1):
+      raise DataError(f"{name} images: float pixels in [{seen[0]:g}, {seen[1]:g}] but the "
+                      f"dataset's value_range is {dataset.value_range}; build it with "
+                      "mnistjax.from_arrays(...), which detects the range, or give "
+                      "value_range=(black, white)")
 
 
 def check_labels(labels: np.ndarray, num_classes: int | None, where: str) -> None:

@@ -92,6 +92,12 @@ def train(config: Config, sweep: dict[str, tuple] | None = None,
   wall_start = time.perf_counter()
   _check_arguments(config, workdir, dataset, resume, overwrite)
   parts = Parts.check(model, optimizer, loss, metrics, writers)
+  config.validate()  # (the types first: a path is a str)
+  if models.is_path(config.model) and model is None:  # imported now: before the folder is made
+    models.load_object(config.model, "--model")
+  if models.is_path(config.optimizer) and optimizer is None:  # checked as one given
+    parts = dataclasses.replace(parts, optimizer=models.load_object(config.optimizer,
+                                                                    "--optimizer"))
   config = parts.label(config).validate()
   if dataset is not None and dataset.name not in data.DATASETS:  # your own data, by its name
     config = config.replace(dataset=dataset.name)
@@ -99,9 +105,6 @@ def train(config: Config, sweep: dict[str, tuple] | None = None,
     raise ConfigError(f"--dataset={config.dataset}: choose one of: {', '.join(data.DATASETS)} "
                       "(your own arrays: train(..., dataset=mnistjax.data.from_arrays(...)))")
   sweep = config_lib.check_sweep(sweep) or None
-  for flag, name in (("--model", config.model), ("--optimizer", config.optimizer)):
-    if models.is_path(name) and parts == Parts():  # imported now: before the folder is made
-      models.load_object(name, flag)
   if resume and overwrite:
     raise ConfigError("--resume continues the workdir's run and --overwrite replaces it: "
                       "give one of them")
@@ -257,13 +260,16 @@ class Parts:
                         "(logits, labels) -> one value per example")
     named = (tuple(metrics.items()) if isinstance(metrics, Mapping)
              else tuple((getattr(f, "__name__", ""), f) for f in metrics))
-    taken = {"loss", "accuracy", "objective"}
+    taken = {"loss", "accuracy", "objective", "seconds", "predictions"}  # a record's own
     for name, fn in named:
       if not (isinstance(name, str) and name.isidentifier()) or name in taken or not callable(fn):
         raise ConfigError(f"train(metrics=...): {name!r}: {fn!r}: each metric needs a name "
-                          "that is an identifier other than loss, accuracy or objective, and a "
-                          "function (logits, labels) -> one value per example")
+                          "that is an identifier other than loss, accuracy, objective, seconds "
+                          "or predictions, and a function (logits, labels) -> one value per "
+                          "example")
       taken.add(name)
+    if writers is None:
+      writers = ()
     if callable(writers) or isinstance(writers, str) or not hasattr(writers, "__iter__"):
       writers = (writers,)  # one writer
     writers = tuple(writers)
@@ -290,7 +296,15 @@ class Parts:
                           f"your module instead ({type(self.model).__name__}(...))")
       config = config.replace(model=name)
     if self.optimizer is not None:
-      name = _qualified(self.optimizer)
+      transformation = step.is_transformation(self.optimizer)
+      # A transformation object has no name of its own (its class is optax's): "own:..."
+      # says so, and load asks for it; one given by its import path keeps that path.
+      name = (config.optimizer if models.is_path(config.optimizer) else
+              "own:optax_transformation" if transformation else _qualified(self.optimizer))
+      if transformation and config.lr != default.lr:
+        raise ConfigError(f"config.lr={config.lr}: an optax transformation has its learning "
+                          "rate in it; give a function of it instead: lambda learning_rate: "
+                          "optax.adam(learning_rate)")
       if config.optimizer not in (default.optimizer, name):
         raise ConfigError(f"config.optimizer={config.optimizer!r} and train(optimizer=...): "
                           "give the optimizer once")
@@ -394,6 +408,7 @@ def setup(config: Config, dataset: data.Dataset | None = None,
                       "or fewer")
   model = parts.model or models.build(config.model, dataset.num_classes,
                                       **config.model_settings())
+  data.check_pixels(dataset)
   models.check(model, dataset.image_shape, dataset.num_classes)
   for name in ("train", "test"):  # labels a model with these classes can learn
     data.check_labels(getattr(dataset, name).labels, dataset.num_classes, f"{name} labels")
@@ -403,8 +418,6 @@ def setup(config: Config, dataset: data.Dataset | None = None,
                       "it one (dropout: float = 0.0, used as nn.Dropout(self.dropout))")
   parts.sweepable(axes or {})
   optimizer = parts.optimizer
-  if optimizer is None and models.is_path(config.optimizer):  # --optimizer=module:function
-    optimizer = models.load_object(config.optimizer, "--optimizer")
   if optimizer is not None:
     optimizer = step.own_optimizer(optimizer, config, tuple(axes or ()))
   norm = data.normalization(config.normalization, dataset)
@@ -472,10 +485,21 @@ def _check_resume(run: Run, out: Workdir, record: dict[str, Any]) -> dict[str, t
                        f"{given}")
   trained_on = saved.get("train_data_sha256")  # None: a run from before it was recorded
   if trained_on is not None and trained_on != run.data_sha256:
-    raise WorkdirError(f"--resume: {out.path} was trained on other data than the files in "
-                       f"{run.dataset.source} (the sha256 of the training images and labels "
-                       "differs); resume on the files it was trained on (--data_dir), or start "
-                       "again with --overwrite")
+    where = ("the arrays given" if run.dataset.source == "arrays" else
+             f"the files in {run.dataset.source}")
+    fix = ("the arrays it was trained on" if run.dataset.source == "arrays" else
+           "the files it was trained on (--data_dir)")
+    raise WorkdirError(f"--resume: {out.path} was trained on other data than {where} (the "
+                       f"sha256 of the training images and labels differs); resume on {fix}, "
+                       "or start again with --overwrite")
+  # A model or loss of yours: its own settings (the config names only its class).
+  for key, now in (("model", models.settings(run.model)), ("parts", _parts(run))):
+    before = saved.get(key)
+    if isinstance(before, dict) and before != now:
+      diff = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in now.items()
+                       if before.get(k) != v)
+      raise WorkdirError(f"--resume: {out.path} holds a run of another {key} ({diff}); give "
+                         "the one it was trained with, or --overwrite")
   return allowed
 
 
@@ -483,32 +507,19 @@ def _write_config(out: Workdir, run: Run, num_params: int) -> None:
   """config.json: every setting, the model's resolved fields, and facts about the run."""
   if not out.primary:
     return
-  model_fields = {f.name: _json_value(getattr(run.model, f.name))
-                  for f in dataclasses.fields(run.model) if f.name not in ("parent", "name")}
   ds = run.dataset
   files.write_json(out.path / "config.json", {
-      "config": run.config.to_dict(), "model": model_fields, "normalization": list(run.norm),
+      "config": run.config.to_dict(), "model": models.settings(run.model),
+      "normalization": list(run.norm),
       "dataset_source": ds.source, "num_params": num_params,
       "train_examples": len(ds.train), "test_examples": len(ds.test),
       "image_shape": list(ds.image_shape), "class_names": list(ds.class_names),
-      "parts": {"loss": _name_of(run.parts.loss),
-                "metrics": [name for name, _ in run.parts.metrics if name != "objective"]},
+      "parts": _parts(run),
       "sweep": {k: list(v) for k, v in run.axes.items()},
       "sweep_order": list(run.axes),  # JSON sorts keys; the order names the members
       "train_data_sha256": run.data_sha256,  # as every checkpoint's record (_run_record)
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "argv": sys.argv})
-
-
-def _json_value(value):
-  """A model field as config.json can hold it (a module's own objects by their repr)."""
-  if value is None or isinstance(value, (bool, int, str)):
-    return value
-  if isinstance(value, float):
-    return value if np.isfinite(value) else str(value)
-  if isinstance(value, (tuple, list)):
-    return [_json_value(v) for v in value]
-  return repr(value)
 
 
 def _name_of(fn) -> str | None:
@@ -521,7 +532,13 @@ def _run_record(run: Run) -> dict[str, Any]:
   return {"config": run.config.to_dict(),
           "sweep": {k: list(v) for k, v in run.axes.items()},
           "sweep_order": list(run.axes),  # JSON sorts keys; the order names the members
-          "train_data_sha256": run.data_sha256}
+          "train_data_sha256": run.data_sha256,
+          "model": models.settings(run.model), "parts": _parts(run)}
+
+
+def _parts(run: Run) -> dict[str, Any]:
+  return {"loss": _name_of(run.parts.loss),
+          "metrics": [name for name, _ in run.parts.metrics if name != "objective"]}
 
 
 def _first_line(run: Run, num_params: int) -> str:
@@ -578,11 +595,15 @@ class Trainer:
                         f"at an epoch's end) don't divide over {run.dp.size} devices: the "
                         "padding would enter its statistics; give a --batch_size they divide "
                         "(and --drop_remainder), or --devices=1")
-    if loop == "scan" and not (self.pad or run.config.drop_remainder):
+    fits_scan = self.pad or run.config.drop_remainder  # a scanned epoch pads its last batch
+    if loop == "scan" and not fits_scan:
       raise ConfigError(f"--epoch_loop=scan pads the epoch's last batch, and "
                         f"{type(run.model).__name__} keeps BatchNorm statistics without taking "
                         "a `mask`: add --drop_remainder, or --epoch_loop=python")
-    self.scanned = (loop == "scan" or (loop == "auto" and not cpu)) and self.pad and not nets
+    if loop == "scan" and nets:
+      raise ConfigError("--epoch_loop=scan trains every member in one program, and a sweep of "
+                        "nn.Dropout's rate needs a program per rate: use --epoch_loop=python")
+    self.scanned = (loop == "scan" or (loop == "auto" and not cpu)) and fits_scan and not nets
     self.vmapped = (self.scanned or not cpu) and not nets
     self.window = 1  # batches per call of the step
     # The step's optimiser reads every value from the member's state (injected
@@ -602,10 +623,11 @@ class Trainer:
                                      replicate_outputs=True, member_axis=self.per_member)
     else:  # CPU: member after member, WINDOW_STEPS batches a call (see _window)
       self.window = _window(run, self.pad)
-      self._steps = [parallel.jit_step(_windowed(one) if self.window > 1 else one, run.dp,
-                                       donate_state=True, replicate_outputs=True)
-                     for one in ([functools.partial(_member_step, model=net, tx=tx)
-                                  for net in nets] if nets else [one])]
+      programs = {}  # one per model: per dropout rate where each member has its own
+      self._steps = [programs.setdefault(net, parallel.jit_step(
+          _windowed(functools.partial(_member_step, model=net, tx=tx)) if self.window > 1
+          else functools.partial(_member_step, model=net, tx=tx), run.dp, donate_state=True,
+          replicate_outputs=True)) for net in (nets or [run.net])]
     self._keys = place(keys)
     if not self.vmapped:
       self._member_keys = [self._keys[k] for k in range(len(run.group))]
@@ -934,13 +956,22 @@ class _Report:
     """One record to its JSONL file (workdir/<stream>.jsonl) and to every writer."""
     if self.out and self.out.primary:
       files.append_jsonl(self.out.path / f"{stream}.jsonl", row)
-    for writer in self.writers:
-      writer(stream, dict(row))
+    for writer in list(self.writers):
+      try:
+        writer(stream, dict(row))
+      except Exception as e:  # pylint: disable=broad-except  # a writer's failure is not the run's
+        self.writers = tuple(w for w in self.writers if w is not writer)
+        self.log(f"writer {getattr(writer, '__qualname__', type(writer).__name__)} failed "
+                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the run "
+                 "goes on without it")
 
   def flush(self) -> None:
     for writer in self.writers:
       if hasattr(writer, "flush"):
-        writer.flush()
+        try:
+          writer.flush()
+        except Exception:  # pylint: disable=broad-except  # as _write
+          pass
 
   def interval(self, interval: Interval, bar) -> None:
     """One log interval: divergence reports, the bar's loss, a train_log.jsonl row."""

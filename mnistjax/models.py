@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import math
 import os
 import sys
 from typing import Any
@@ -224,6 +225,21 @@ def build(name: str, num_classes: int = 10, **settings) -> nn.Module:
   return model
 
 
+def settings(model: nn.Module) -> dict[str, Any]:
+  """A module's fields as JSON holds them (config.json, checkpoint records): numbers, strings
+  and lists as they are, any other object by its repr."""
+  def plain(value):
+    if value is None or isinstance(value, (bool, int, str)):
+      return value
+    if isinstance(value, float):
+      return value if math.isfinite(value) else str(value)
+    if isinstance(value, (tuple, list)):
+      return [plain(v) for v in value]
+    return repr(value)
+  return {f.name: plain(getattr(model, f.name)) for f in dataclasses.fields(model)
+          if f.name not in ("parent", "name")}
+
+
 def takes_mask(model: nn.Module) -> bool:
   """Whether the model's __call__ takes `mask`: the examples of a padded batch (the built-ins'
   BatchNorm keeps its statistics to them)."""
@@ -257,9 +273,19 @@ def check(model: nn.Module, image_shape: tuple[int, ...], num_classes: int) -> N
     raise ConfigError(f"model={model!r}: give a flax.linen.Module instance, e.g. "
                       "model=MyNet()")
   name = type(model).__name__
-  variables = jax.eval_shape(lambda: init(model, jax.random.key(0), image_shape))
-  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *image_shape)),
-                                             **mode(model, False)), variables)
+  try:  # traced, not run: a module that fails on the data's images fails here, in one line
+    variables = jax.eval_shape(lambda: init(model, jax.random.key(0), image_shape))
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *image_shape)),
+                                               **mode(model, False)), variables)
+  except Exception as e:  # pylint: disable=broad-except  # the module's own, whatever it is
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise ConfigError(f"{name} fails on a batch of images {image_shape} (B x H x W x C) "
+                      f"({type(e).__name__}: {first}); it must take them as "
+                      "__call__(x, train) and give logits") from None
+  others = sorted(set(variables) - {"params", "batch_stats"})
+  if others:
+    raise ConfigError(f"{name} keeps variables in {', '.join(others)}: a run trains and "
+                      "checkpoints `params` and `batch_stats` only")
   if not hasattr(out, "shape") or tuple(out.shape) != (2, num_classes):
     shape = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
     raise ConfigError(f"{name} maps a batch of 2 images {image_shape} to {shape}; it must "
@@ -298,8 +324,9 @@ def _init(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], batch_
   x = jnp.zeros((batch_size, *image_shape), dtype)
   variables = model.init({"params": key, "dropout": key}, x, **mode(model, False))
   # Flax keeps BatchNorm's statistics and some parameters in float32 whatever the mode: one
-  # dtype for every variable, so that a run under x64 is float64 throughout.
-  return jax.tree.map(lambda a: a.astype(dtype), variables)
+  # dtype for them, so that a run under x64 is float64 throughout (a module's own bfloat16
+  # parameters stay so).
+  return jax.tree.map(lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a, variables)
 
 
 _compiled_init = jax.jit(_init, static_argnums=(0, 2, 3))

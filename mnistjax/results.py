@@ -15,7 +15,7 @@ import numpy as np
 from mnistjax import config as config_lib
 from mnistjax import data, models, step
 from mnistjax.checkpoint import Checkpoints, latest_epoch
-from mnistjax.config import Config
+from mnistjax.config import Config, settings_name
 from mnistjax.errors import ConfigError, WorkdirError
 from mnistjax.files import read_jsonl
 
@@ -134,11 +134,18 @@ def _model(config: Config, saved: dict[str, Any], model, path: pathlib.Path) -> 
       raise ConfigError(f"load(model={model!r}): give the flax.linen.Module the run trained")
     return model
   try:
-    return models.build(config.model, len(saved.get("class_names", range(10))),
-                        **config.model_settings())
+    model = models.build(config.model, len(saved.get("class_names", range(10))),
+                         **config.model_settings())
   except ConfigError as e:
     raise ConfigError(f"{path} trained {config.model}, which can't be built here ({e}); give "
                       "it: mnistjax.load(workdir, model=YourModule(...))") from None
+  trained = saved.get("model")
+  if models.is_path(config.model) and isinstance(trained, dict) and (
+      models.settings(model) != trained):  # built with its defaults, it trained with others
+    raise ConfigError(f"{path} trained {config.model} with its settings "
+                      f"{settings_name(trained, ', ')}; give it: mnistjax.load(workdir, "
+                      "model=YourModule(...))")
+  return model
 
 
 def _imported(name: str, what: str, path: pathlib.Path):

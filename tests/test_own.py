@@ -423,3 +423,97 @@ def test_the_prediction_grid_draws_images_of_any_channels_and_range(tmp_path, sh
   plots.prediction_grid(images, labels, labels, ["a", "b", "c", "d"],
                                  tmp_path / "grid.png", value_range=value_range)
   assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_an_optimizer_named_by_its_import_path_is_checked_as_one_given(tmp_path, monkeypatch):
+  (tmp_path / "my_opts.py").write_text("import optax\nfixed = optax.sgd(0.05)\n"
+                                       "def adam(learning_rate):\n"
+                                       "  return optax.adam(learning_rate)\n")
+  monkeypatch.chdir(tmp_path)
+  ds = own_data()
+  with pytest.raises(ConfigError, match="sweep of lr: an optimizer given as a transformation"):
+    mnistjax.train(Config(optimizer="my_opts:fixed", epochs=1), {"lr": (0.1, 0.01)},
+                   dataset=ds, model=Net(), log=quiet)
+  with pytest.raises(ConfigError, match="sweep of momentum: the optimizer you gave"):
+    mnistjax.train(Config(optimizer="my_opts:adam", epochs=1), {"momentum": (0.1, 0.9)},
+                   dataset=ds, model=Net(), log=quiet)
+  with pytest.raises(ConfigError, match="config.beta1=0.5: not a parameter"):
+    mnistjax.train(Config(optimizer="my_opts:adam", beta1=0.5), dataset=ds, model=Net(),
+                   log=quiet)
+
+
+def test_resume_and_load_compare_the_modules_own_settings(tmp_path):
+  ds = own_data()
+  mnistjax.train(CFG.replace(epochs=1), dataset=ds, model=Net(dropout=0.1),
+                 workdir=str(tmp_path / "run"), log=quiet)
+  with pytest.raises(WorkdirError, match=r"another model \(dropout 0.1 -> 0.9\)"):
+    mnistjax.train(CFG, dataset=ds, model=Net(dropout=0.9), workdir=str(tmp_path / "run"),
+                   resume=True, log=quiet)
+  with pytest.raises(ConfigError, match=r"trained test_own:Net with its settings classes=5, dropout=0.1"):
+    mnistjax.load(tmp_path / "run")  # importable, but its defaults are not what trained
+  assert mnistjax.load(tmp_path / "run", model=Net(dropout=0.1)).state is not None
+  # A transformation object: load asks for it.
+  mnistjax.train(CFG.replace(epochs=1), dataset=ds, model=Net(), optimizer=optax.adam(1e-3),
+                 workdir=str(tmp_path / "adam"), log=quiet)
+  with pytest.raises(ConfigError, match=r"load\(workdir, optimizer=...\)"):
+    mnistjax.load(tmp_path / "adam", model=Net())
+  assert mnistjax.load(tmp_path / "adam", model=Net(), optimizer=optax.adam(1e-3)).state
+
+
+def test_a_failing_module_and_other_variable_collections_are_one_line():
+  ds = own_data()
+
+  class Flat(nn.Module):  # written for 28 x 28 x 1 images
+    @nn.compact
+    def __call__(self, x, train: bool):
+      return nn.Dense(5)(x.reshape((x.shape[0], 784)))
+
+  class Counting(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+      scale = self.variable("constants", "scale", lambda: jax.numpy.ones(()))
+      return nn.Dense(5)(x.reshape((x.shape[0], -1))) * scale.value
+
+  with pytest.raises(ConfigError, match=r"Flat fails on a batch of images \(12, 12, 3\)") as e:
+    mnistjax.train(CFG, dataset=ds, model=Flat(), log=quiet)
+  assert "\n" not in str(e.value)
+  with pytest.raises(ConfigError, match="Counting keeps variables in constants"):
+    mnistjax.train(CFG, dataset=ds, model=Counting(), log=quiet)
+  with pytest.raises(ConfigError, match="other than loss, accuracy, objective, seconds"):
+    mnistjax.train(CFG, dataset=ds, model=Net(), metrics={"seconds": lambda z, y: y}, log=quiet)
+
+
+def test_a_writer_that_fails_is_dropped_in_one_line_and_the_run_goes_on(tmp_path):
+  lines, seen = [], []
+
+  def broken(stream, record):
+    raise OSError("disk gone")
+
+  result = mnistjax.train(CFG, dataset=own_data(), model=Net(), log=lines.append,
+                          writers=[broken, lambda stream, record: seen.append(stream)])
+  assert result.history[-1]["epoch"] == 2
+  assert sum("writer" in line and "broken failed (OSError: disk gone)" in line
+             for line in lines) == 1
+  assert seen.count("metrics") == 3  # the other writer got every record
+
+
+def test_data_given_by_hand_with_float_pixels_out_of_its_range_is_one_line():
+  x, y, a, b = arrays()
+  floats = data.Dataset("mnist", data.Split(x[..., 0], y), data.Split(a[..., 0], b), "mine")
+  with pytest.raises(DataError, match=r"float pixels in \[.*\] but the dataset's value_range "
+                                      r"is \(0.0, 255.0\); build it with mnistjax.from_arrays"):
+    mnistjax.train(CFG, dataset=floats, log=quiet)
+  ok = data.from_arrays(x, y, a, b, name="k-mnist")  # any plain name
+  assert mnistjax.train(CFG.replace(epochs=1), dataset=ok, model=Net(), log=quiet).config.dataset == "k-mnist"
+  assert data.fingerprint(data.from_arrays(x, y.astype(np.uint8), a, b).train) == (
+      data.fingerprint(data.from_arrays(x, y.astype(np.int64), a, b).train))
+
+
+def test_a_dropout_sweep_of_an_own_module_compiles_one_program_per_rate():
+  ds = own_data()
+  run = driver.setup(CFG, ds, {"seed": (0, 1), "dropout": (0.0, 0.5)}, None,
+                     driver.Parts(model=Net()))
+  members, keys = mnistjax.step.init_members(run.model, run.group, run.steps_per_epoch,
+                                             None, ds.image_shape)
+  trainer = driver.Trainer(run, members, keys, 0)
+  assert len(trainer._steps) == 4 and len(set(map(id, trainer._steps))) == 2  # pylint: disable=protected-access
