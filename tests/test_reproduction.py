@@ -159,17 +159,10 @@ def test_adding_a_study_waits_for_the_report_lock_and_keeps_the_others_studies(t
 
 
 def test_markdown_shows_a_diagnosis_for_every_difference():
-  entry = {"description": "d", "test_examples": 10000, "seconds": 1.0, "machine": "m",
-           "finished": "t", "variants": {
-               "batchnorm=False,init=xavier_normal": {
-                   "seeds": [1, 2, 3], "test_accuracy": [98.9, 98.95, 99.0],
-                   "diverged": [False, True, False], "train_accuracy": [99.2, 99.25, 99.3],
-                   "train_accuracy_by_epoch": [[97.0, 98.0, 98.7, 98.9, 99.2],
-                                               [97.1, 98.1, 98.8, 99.0, 99.25],
-                                               [97.2, 98.2, 98.9, 99.1, 99.3]],
-                   "test_accuracy_by_epoch": [[96.0, 98.1, 98.4, 98.8, 98.9],
-                                              [96.1, 98.2, 98.5, 98.85, 98.95],
-                                              [96.2, 98.3, 98.6, 98.9, 99.0]]}}}
+  entry = _s0_init_entry()
+  entry["variants"]["batchnorm=False,init=xavier_normal"]["train_accuracy_by_epoch"] = [
+      [97.0, 98.0, 98.7, 98.9, 99.2], [97.1, 98.1, 98.8, 99.0, 99.25],
+      [97.2, 98.2, 98.9, 99.1, 99.3]]
   entry["compared"] = reproduction.compare("s0_init", entry["variants"], 10000)
   body = {"seeds": [1, 2, 3], "quick": False, "studies": {"s0_init": entry}}
   text = reproduction_report.markdown(body)
