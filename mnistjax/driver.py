@@ -18,6 +18,7 @@ batches (tests).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -162,7 +163,8 @@ def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: f
   report = _Report(run.group, out, log, run.parts.writers)
   start = _Start()
   if out and out.mode == "resume":
-    members, start = _restore(run, out, members, report)
+    with stop.hold():
+      members, start = _restore(run, out, members, report)
   num_params = models.count_params(step.unstack(members.state.params, 0))
   if out:
     _write_config(out, run, num_params)
@@ -198,15 +200,17 @@ def _train(run: Run, out: Workdir | None, log, stop: _StopRequest, wall_start: f
       trainer.freeze(report.evaluation(records))  # a member whose evaluation is not finite
       history += report.epoch(records)
       if ckpt:
-        ckpt.save(epoch, trainer.members, {"epoch": epoch, **_run_record(run),
-                                           "examples_seen": trainer.examples_seen})
-        out.replaced_done()
+        with stop.hold():
+          ckpt.save(epoch, trainer.members, {"epoch": epoch, **_run_record(run),
+                                             "examples_seen": trainer.examples_seen})
+          out.replaced_done()
   except (NonFiniteLoss, WorkdirError) as e:  # say what is kept, and how to go on
     raise type(e)(f"{e}; {_stopped('stopped', out)}") from None
   finally:
     report.flush()
     if ckpt:
-      ckpt.close()
+      with stop.hold():
+        ckpt.close()
   if not records:  # resumed at the last epoch: nothing left to train
     records = evaluate(trainer, start.epoch, predictions=True)
 
@@ -1138,6 +1142,8 @@ class _StopRequest:
   def __init__(self):
     self.requested = None  # the signal's number
     self.lost = None  # a second signal Python could not raise where it landed
+    self.held = None  # a second signal that landed inside a checkpoint's save or restore
+    self._holding = False
     self._previous = {}
     self._unraisable = sys.unraisablehook
 
@@ -1158,9 +1164,26 @@ class _StopRequest:
       self._unraisable(unraisable)
 
   def _handle(self, signum, frame):
-    if self.requested is not None:
+    if self.requested is None:
+      self.requested = signum
+    elif self._holding:
+      self.held = signum
+    else:
       raise errors.Signal(signum)
-    self.requested = signum
+
+  @contextlib.contextmanager
+  def hold(self) -> Iterator[None]:
+    """A second signal that lands in here waits until the block is done. Orbax saves and
+    restores on an event loop and writer threads: raised there, the signal left the save
+    half done and asyncio printed it as a task's traceback. A save takes a moment."""
+    self._holding = True
+    try:
+      yield
+    finally:
+      self._holding = False
+    if self.held is not None:
+      signum, self.held = self.held, None
+      raise errors.Signal(signum)
 
   def check(self):
     if self.requested is not None:

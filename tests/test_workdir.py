@@ -340,6 +340,35 @@ def test_a_second_ctrl_c_lost_in_a_gc_callback_during_the_figures_still_stops(
   assert "Exception ignored" not in capfd.readouterr().err
 
 
+def test_a_second_sigterm_inside_a_checkpoints_save_stops_once_the_save_is_done(
+    tmp_path, monkeypatch, capfd):
+  # Raised inside orbax's event loop, the second signal cut the save short and asyncio
+  # printed it as a task's traceback (seen in CI: two SIGTERMs sent back to back).
+  assert threading.current_thread() is threading.main_thread()  # where handlers are set
+  save = checkpoint.Checkpoints.save
+
+  def save_hit_by_two_signals(self, epoch, state, record):
+    manager_save = self.manager.save
+
+    def hit(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGTERM)  # the first: a request, honoured between steps
+      os.kill(os.getpid(), signal.SIGTERM)  # the second: at once, unless a save is under way
+      return manager_save(*args, **kwargs)
+
+    self.manager.save = hit
+    return save(self, epoch, state, record)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", save_hit_by_two_signals)
+  with pytest.raises(Interrupted, match=r"^stopped by SIGTERM; the checkpoint of epoch 1 and "
+                     r"the metrics up to it are in .*: continue with --resume$") as e:
+    _run(tmp_path, CFG.replace(epochs=3))
+  assert e.value.signum == signal.SIGTERM
+  assert "Traceback" not in capfd.readouterr().err
+  monkeypatch.undo()
+  result = _run(tmp_path, CFG.replace(epochs=2), resume=True)
+  assert _epochs(tmp_path) == [0, 1, 2] and result.history[-1]["epoch"] == 2
+
+
 def test_fifos_in_place_of_a_runs_records_never_block_a_resume(tmp_path):
   _run(tmp_path)
   for name in ("config.json", "metrics.jsonl"):
