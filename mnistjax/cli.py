@@ -52,6 +52,37 @@ def _raise_signal(signum, frame):
   raise errors.Signal(signum)
 
 
+def exit_at_once_on_a_signal() -> None:
+  """For a program's last moments, once its result or its one line is out and its files are
+  written: a Ctrl-C, SIGTERM or SIGHUP then ends the process at once with the signal's status.
+  Ctrl-C pressed twice landed its second press in jax's clean-up at exit: a traceback."""
+  for signum in errors.SIGNALS:
+    signal.signal(signum, _exit_now)
+
+
+def _exit_now(signum, frame):
+  exit_now(128 + signum)
+
+
+def exit_now(status: int) -> None:
+  """Ends the process as a killed one would, without the interpreter's clean-up: for a program
+  stopped by a signal, whose files are written and whose line is out. Two Ctrl-C while a run
+  started (the second raised inside jax's tracing or compiling) left jax's state such that its
+  clean-up at exit crashed (docs/workdir.md, Signals)."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:  # pylint: disable=broad-except  # cut in a write: what is out is out
+      pass
+  os._exit(status)  # pylint: disable=protected-access
+
+
+def stopped_by_a_signal(status: object) -> bool:
+  """Whether an exit status is one user_errors gives a run stopped by Ctrl-C, SIGTERM or
+  SIGHUP."""
+  return status in tuple(128 + signum for signum in errors.SIGNALS)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
   """Turns errors a user can fix into one line: exit status 2 for bad settings, data or

@@ -1136,9 +1136,6 @@ class _StopRequest:
   machine back; a closed terminal) into a request the loop honours between steps, so that it
   never lands inside a checkpoint save; a second one stops at once."""
 
-  SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
-                  if hasattr(signal, name))
-
   def __init__(self):
     self.requested = None  # the signal's number
     self.lost = None  # a second signal Python could not raise where it landed
@@ -1149,7 +1146,7 @@ class _StopRequest:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for signum in self.SIGNALS:
+      for signum in errors.SIGNALS:
         self._previous[signum] = signal.signal(signum, self._handle)
       sys.unraisablehook = self._keep_lost
     return self

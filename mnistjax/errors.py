@@ -28,6 +28,11 @@ class Interrupted(MnistjaxError):
     self.signum = int(signum)
 
 
+# What stops a run as Ctrl-C does: a scheduler taking the machine back, a closed terminal.
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                if hasattr(signal, name))
+
+
 class Signal(KeyboardInterrupt):
   """SIGTERM or SIGHUP (a scheduler taking the machine back, a closed terminal), raised where
   Ctrl-C raises KeyboardInterrupt, so that a run stops the same way; `signum` as Interrupted's.

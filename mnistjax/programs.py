@@ -143,8 +143,15 @@ def start(name: str, prog: str) -> None:
   --help's examples start it (`python experiments/run.py`, `mnistjax run`)."""
   define, main, doc, own_flags = PROGRAMS[name]
   define()
-  app.run(main, flags_parser=functools.partial(
-      cli.parse_flags, doc=doc.format(prog=prog), main_flags=own_flags))
+  try:
+    app.run(main, flags_parser=functools.partial(
+        cli.parse_flags, doc=doc.format(prog=prog), main_flags=own_flags))
+  except SystemExit as e:
+    if cli.stopped_by_a_signal(e.code):
+      cli.exit_now(e.code)
+    raise
+  finally:
+    cli.exit_at_once_on_a_signal()
 
 
 USAGE = """\
