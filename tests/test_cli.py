@@ -432,22 +432,26 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_the_run_resumes(idx_folder, tmp
       range(done + 2))
 
 
+def _program_with(setup: str, *args: str) -> subprocess.CompletedProcess:
+  """The run program started as experiments/run.py starts it, after the lines of `setup`."""
+  code = (f"import atexit, os, signal, sys, threading, time\n{setup}\n"
+          "from mnistjax import programs\n"
+          f"sys.argv = ['run.py', *{list(args)!r}]\n"
+          "programs.start('run', 'run.py')\n")
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=600, cwd=ROOT)
+
+
 def test_ctrl_c_in_the_programs_last_moments_ends_it_at_once_without_a_traceback(mnist,
                                                                                  tmp_path):
   # Ctrl-C pressed twice: the first stops the run, the second often landed in jax's clean-up
   # at exit, a traceback. Here a clean-up of the program's own gets it.
-  args = [*SMALL, "--epochs=1", f"--workdir={tmp_path}"]
-  code = ("import atexit, os, signal, sys, time\n"
-          "from mnistjax import programs\n"
-          "def clean_up():\n"
-          "  os.kill(os.getpid(), signal.SIGINT)\n"
-          "  time.sleep(5)\n"
-          "  print('the clean-up went on', file=sys.stderr)\n"
-          "atexit.register(clean_up)\n"
-          f"sys.argv = ['run.py', *{args!r}]\n"
-          "programs.start('run', 'run.py')\n")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+  result = _program_with("def clean_up():\n"
+                         "  os.kill(os.getpid(), signal.SIGINT)\n"
+                         "  time.sleep(5)\n"
+                         "  print('the clean-up went on', file=sys.stderr)\n"
+                         "atexit.register(clean_up)",
+                         *SMALL, "--epochs=1", f"--workdir={tmp_path}")
   assert result.returncode == 130 and result.stderr == "", result.stderr
   assert [r["epoch"] for r in files.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
   assert result.stdout.rstrip().endswith(f"{tmp_path}"), result.stdout[-300:]  # all printed
@@ -456,15 +460,9 @@ def test_ctrl_c_in_the_programs_last_moments_ends_it_at_once_without_a_traceback
 def test_a_program_stopped_by_a_signal_ends_without_the_interpreters_clean_up(mnist, tmp_path):
   # After two Ctrl-C while a run started (the second raised inside jax's compiling), jax's
   # clean-up at exit crashed with a segmentation fault (docs/workdir.md, Signals).
-  args = [*SMALL, "--epochs=200", f"--workdir={tmp_path}"]
-  code = ("import atexit, os, signal, sys, threading\n"
-          "from mnistjax import programs\n"
-          "atexit.register(lambda: print('the clean-up ran', file=sys.stderr))\n"
-          "threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
-          f"sys.argv = ['run.py', *{args!r}]\n"
-          "programs.start('run', 'run.py')\n")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+  result = _program_with("atexit.register(lambda: print('the clean-up ran', file=sys.stderr))\n"
+                         "threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()",
+                         *SMALL, "--epochs=200", f"--workdir={tmp_path}")
   assert result.returncode == 143, result.stderr
   assert result.stderr.startswith("run.py: error: stopped by SIGTERM")
   assert result.stderr.count("\n") == 1, result.stderr
