@@ -90,9 +90,9 @@ def user_errors() -> Iterator[None]:
   (wherever it lands: SIGTERM and SIGHUP are raised as Ctrl-C is, errors.Signal)."""
   previous = {}
   if threading.current_thread() is threading.main_thread():
-    for name in ("SIGTERM", "SIGHUP"):
-      if hasattr(signal, name):
-        previous[name] = signal.signal(getattr(signal, name), _raise_signal)
+    for signum in errors.SIGNALS:
+      if signum != signal.SIGINT:  # which raises KeyboardInterrupt already
+        previous[signum] = signal.signal(signum, _raise_signal)
   try:
     yield
   except NonFiniteLoss as e:
@@ -106,8 +106,8 @@ def user_errors() -> Iterator[None]:
     fail("interrupted" if signum == signal.SIGINT else
          f"stopped by {signal.Signals(signum).name}", 128 + signum)
   finally:
-    for name, handler in previous.items():
-      signal.signal(getattr(signal, name), handler)
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")

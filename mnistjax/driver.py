@@ -513,15 +513,11 @@ def _write_config(out: Workdir, run: Run, num_params: int) -> None:
     return
   ds = run.dataset
   files.write_json(out.path / "config.json", {
-      "config": run.config.to_dict(), "model": models.settings(run.model),
+      **_run_record(run),  # as every checkpoint's record
       "normalization": list(run.norm),
       "dataset_source": ds.source, "num_params": num_params,
       "train_examples": len(ds.train), "test_examples": len(ds.test),
       "image_shape": list(ds.image_shape), "class_names": list(ds.class_names),
-      "parts": _parts(run),
-      "sweep": {k: list(v) for k, v in run.axes.items()},
-      "sweep_order": list(run.axes),  # JSON sorts keys; the order names the members
-      "train_data_sha256": run.data_sha256,  # as every checkpoint's record (_run_record)
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "argv": sys.argv})
 
